@@ -1,0 +1,414 @@
+//! Attributes: getattr and setattr (chmod, chown, truncate, utimes), extended
+//! attributes, statfs. Every change copies the entry up first.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{FileAttr, INodeNo, TimeOrNow};
+use rustix::fs::{
+    self as rfs, AtFlags, FileType, Gid, Mode, OFlags, Stat, StatVfs, Timespec, Timestamps, Uid, XattrFlags,
+};
+use rustix::io::Errno;
+
+use crate::config::IdMap;
+use crate::inode::Node;
+use crate::layer::{self, split, Result};
+use crate::mount::Union;
+use crate::whiteout;
+
+/// What a setattr asks for.
+#[derive(Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeOrNow>,
+    pub mtime: Option<TimeOrNow>,
+    pub fh: Option<u64>,
+}
+
+fn time(sec: i64, nsec: i64) -> SystemTime {
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
+    } else {
+        UNIX_EPOCH - Duration::from_secs((-sec) as u64) + Duration::from_nanos(nsec as u64)
+    }
+}
+
+pub fn fuse_kind(kind: FileType) -> fuser::FileType {
+    match kind {
+        FileType::Directory => fuser::FileType::Directory,
+        FileType::Symlink => fuser::FileType::Symlink,
+        FileType::Fifo => fuser::FileType::NamedPipe,
+        FileType::Socket => fuser::FileType::Socket,
+        FileType::CharacterDevice => fuser::FileType::CharDevice,
+        FileType::BlockDevice => fuser::FileType::BlockDevice,
+        _ => fuser::FileType::RegularFile,
+    }
+}
+
+/// The attributes the mount shows for a backing stat, under node id `ino`.
+pub fn to_attr(ino: u64, st: &Stat) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: st.st_size as u64,
+        blocks: st.st_blocks as u64,
+        atime: time(st.st_atime, st.st_atime_nsec as i64),
+        mtime: time(st.st_mtime, st.st_mtime_nsec as i64),
+        ctime: time(st.st_ctime, st.st_ctime_nsec as i64),
+        crtime: UNIX_EPOCH,
+        kind: fuse_kind(FileType::from_raw_mode(st.st_mode)),
+        perm: (st.st_mode & 0o7777) as u16,
+        nlink: st.st_nlink as u32,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        rdev: st.st_rdev as u32,
+        blksize: st.st_blksize as u32,
+        flags: 0,
+    }
+}
+
+/// The id outside unmapped ids show as (the kernel's overflow id).
+const OVERFLOW_ID: u32 = 65534;
+
+/// Maps an id through `container:host:size` triples: from the layers (container ids)
+/// to the mount (host ids), or back with `inward`. No mapping: ids pass unchanged;
+/// an id outside every range shows as the overflow id, and is stored unchanged.
+pub fn map_id(map: &[IdMap], id: u32, inward: bool) -> u32 {
+    if map.is_empty() {
+        return id;
+    }
+    for m in map {
+        let (from, to) = if inward {
+            (m.host, m.container)
+        } else {
+            (m.container, m.host)
+        };
+        if id >= from && id - from < m.size {
+            return to + (id - from);
+        }
+    }
+    if inward {
+        id
+    } else {
+        OVERFLOW_ID
+    }
+}
+
+/// Attributes of "no entry": node id 0 (a negative entry, or no attributes given).
+pub fn negative_attr() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: fuser::FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}
+
+fn timespec(t: TimeOrNow) -> Timespec {
+    match t {
+        TimeOrNow::Now => Timespec {
+            tv_sec: 0,
+            tv_nsec: rfs::UTIME_NOW,
+        },
+        TimeOrNow::SpecificTime(t) => match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => Timespec {
+                tv_sec: d.as_secs() as _,
+                tv_nsec: d.subsec_nanos() as _,
+            },
+            Err(e) => {
+                let d = e.duration();
+                let (mut s, mut n) = (-(d.as_secs() as i64), -(d.subsec_nanos() as i64));
+                if n < 0 {
+                    s -= 1;
+                    n += 1_000_000_000;
+                }
+                Timespec {
+                    tv_sec: s as _,
+                    tv_nsec: n as _,
+                }
+            }
+        },
+    }
+}
+
+const OMIT: Timespec = Timespec {
+    tv_sec: 0,
+    tv_nsec: rfs::UTIME_OMIT,
+};
+
+impl Union {
+    /// The attributes shown for `st` as node `ino` (a file copied up from a lower where
+    /// it has several names counts all of them, copied up or not).
+    pub fn attr(&self, ino: u64, st: &Stat) -> FileAttr {
+        let mut a = to_attr(ino, st);
+        // Ownership as the mount shows it: squashed, or mapped from container to host ids.
+        a.uid = self
+            .cfg
+            .squash_to_uid
+            .unwrap_or_else(|| map_id(&self.cfg.uid_map, a.uid, false));
+        a.gid = self
+            .cfg
+            .squash_to_gid
+            .unwrap_or_else(|| map_id(&self.cfg.gid_map, a.gid, false));
+        if a.nlink > 1 && a.kind == fuser::FileType::RegularFile {
+            if let Some(n) = self.work.as_ref().and_then(|w| w.names(st.st_dev, st.st_ino)) {
+                a.nlink = n;
+            }
+        }
+        a
+    }
+
+    /// getattr: through an open handle when given (works for unlinked files), else by path.
+    pub fn getattr(&self, node: &Node, fh: Option<u64>) -> Result<Stat> {
+        if let Some(h) = fh.and_then(|fh| self.files.get(fh).ok()) {
+            if h.node.ino == node.ino {
+                return rfs::fstat(&*self.read_fd(&h)?);
+            }
+        }
+        match self.stat_node(node) {
+            // Every name is gone but the file may still be open: ask the open file.
+            Err(Errno::NOENT) => match self.files.any_for(node.ino) {
+                Some(h) => rfs::fstat(&*self.read_fd(&h)?),
+                None => node.gone_stat().ok_or(Errno::NOENT),
+            },
+            r => r,
+        }
+    }
+
+    pub fn setattr(&self, node: &Node, sa: SetAttr) -> Result<Stat> {
+        let nothing = sa.mode.is_none()
+            && sa.uid.is_none()
+            && sa.gid.is_none()
+            && sa.size.is_none()
+            && sa.atime.is_none()
+            && sa.mtime.is_none();
+        if nothing {
+            return self.getattr(node, sa.fh);
+        }
+        // Through an open handle on the upper copy when there is one: that also works
+        // for a file whose last name is gone.
+        let handle = sa
+            .fh
+            .and_then(|fh| self.files.get(fh).ok())
+            .filter(|h| h.node.ino == node.ino && !h.lower.load(Ordering::Relaxed));
+        if let Some(h) = handle {
+            if h.pending.load(Ordering::Relaxed) {
+                match sa.size {
+                    Some(0) => {
+                        self.drop_metacopy(node)?;
+                        h.pending.store(false, Ordering::Relaxed);
+                    }
+                    Some(_) => self.filled(&h)?,
+                    None => {}
+                }
+            }
+            return apply(Target::Fd(h.fd().as_fd()), node.kind(), &sa, self);
+        }
+        let _ns = self.ns.read_recursive();
+        match sa.size {
+            Some(0) => self.copy_up_truncated(node)?,
+            Some(_) => self.copy_up(node)?,
+            None => self.copy_up_meta(node)?,
+        }
+        let path = node.path()?;
+        let (parent, name) = split(&path);
+        let upper = self.upper().ok_or(Errno::ROFS)?;
+        let dir = upper.dir(parent)?.ok_or(Errno::NOENT)?;
+        apply(Target::At(dir.as_fd(), name), node.kind(), &sa, self)
+    }
+
+    /// Ownership asked for through the mount, in the layers' terms (`uidmapping`,
+    /// `gidmapping`: an id in a host range is stored as the matching container id).
+    pub fn map_owner_in(&self, uid: Option<u32>, gid: Option<u32>) -> (Option<u32>, Option<u32>) {
+        (
+            uid.map(|u| map_id(&self.cfg.uid_map, u, true)),
+            gid.map(|g| map_id(&self.cfg.gid_map, g, true)),
+        )
+    }
+
+    fn xattr_fd(&self, node: &Node, layer: usize) -> Result<std::os::fd::OwnedFd> {
+        let path = node.path()?;
+        let (parent, name) = split(&path);
+        let dir = self.layers[layer].dir(parent)?.ok_or(Errno::NOENT)?;
+        let fd = layer::open_path(dir.as_fd(), name)?;
+        Ok(self.redirect_to_copy(fd, OFlags::PATH)?.0)
+    }
+
+    /// An fd of a lower file, or of its copy in the index when it has one (see
+    /// `index_copy_of`); true when it is the copy.
+    pub fn redirect_to_copy(&self, fd: std::os::fd::OwnedFd, flags: OFlags) -> Result<(std::os::fd::OwnedFd, bool)> {
+        let st = rfs::fstat(&fd)?;
+        match (self.index_copy_of(&st), &self.work) {
+            (Some(_), Some(w)) => Ok((w.open_copy(&st, flags)?, true)),
+            _ => Ok((fd, false)),
+        }
+    }
+
+    pub fn getxattr(&self, node: &Node, name: &OsStr) -> Result<Vec<u8>> {
+        if whiteout::is_internal_xattr(name) {
+            return Err(Errno::NODATA);
+        }
+        if node.no_xattrs.load(Ordering::Relaxed) {
+            return Err(Errno::NODATA);
+        }
+        let fd = self.xattr_fd(node, node.top())?;
+        match layer::get_xattr(fd.as_fd(), name)? {
+            Some(v) => Ok(v),
+            None => {
+                // Remember when there is nothing at all to ask for; changes clear it.
+                if layer::list_xattrs(fd.as_fd())?
+                    .iter()
+                    .all(|n| whiteout::is_internal_xattr(n))
+                {
+                    node.no_xattrs.store(true, Ordering::Relaxed);
+                }
+                Err(Errno::NODATA)
+            }
+        }
+    }
+
+    /// The xattr names, as the NUL-separated list listxattr returns.
+    pub fn listxattr(&self, node: &Node) -> Result<Vec<u8>> {
+        let fd = self.xattr_fd(node, node.top())?;
+        let mut out = Vec::new();
+        for n in layer::list_xattrs(fd.as_fd())? {
+            if !whiteout::is_internal_xattr(&n) {
+                out.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(n.as_os_str()));
+                out.push(0);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn setxattr(&self, node: &Node, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        if whiteout::is_internal_xattr(name) {
+            return Err(Errno::PERM);
+        }
+        let _ns = self.ns.read_recursive();
+        self.copy_up_meta(node)?;
+        node.no_xattrs.store(false, Ordering::Relaxed);
+        let fd = self.xattr_fd(node, 0)?;
+        layer::set_xattr(fd.as_fd(), name, value, XattrFlags::from_bits_retain(flags as u32))
+    }
+
+    pub fn removexattr(&self, node: &Node, name: &OsStr) -> Result<()> {
+        if whiteout::is_internal_xattr(name) {
+            return Err(Errno::NODATA);
+        }
+        let _ns = self.ns.read_recursive();
+        // Nothing to copy up for an attribute that is not there.
+        self.getxattr(node, name)?;
+        self.copy_up_meta(node)?;
+        let fd = self.xattr_fd(node, 0)?;
+        layer::remove_xattr(fd.as_fd(), name)
+    }
+
+    /// access(2): permissions are checked by the kernel (default_permissions); what
+    /// is left is existence and the read-only case.
+    pub fn access(&self, node: &Node, mask: i32) -> Result<()> {
+        if mask & libc::W_OK != 0 && !self.has_upper {
+            return Err(Errno::ROFS);
+        }
+        self.stat_node(node).map(|_| ())
+    }
+
+    /// statfs of the upper layer, or of the top lower on a read-only mount.
+    pub fn statfs(&self) -> Result<StatVfs> {
+        rfs::fstatvfs(self.layers[0].root())
+    }
+}
+
+/// What a setattr changes: an open file, or a name in an upper directory.
+enum Target<'a> {
+    Fd(BorrowedFd<'a>),
+    At(BorrowedFd<'a>, &'a OsStr),
+}
+
+/// Applies a setattr: size, then owner (which clears set-id bits), then mode, then times.
+fn apply(t: Target<'_>, kind: FileType, sa: &SetAttr, u: &Union) -> Result<Stat> {
+    if let Some(size) = sa.size {
+        match t {
+            Target::Fd(fd) => rfs::ftruncate(fd, size)?,
+            Target::At(dir, name) => {
+                let f = rfs::openat(
+                    dir,
+                    name,
+                    OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?;
+                rfs::ftruncate(&f, size)?;
+            }
+        }
+    }
+    if sa.uid.is_some() || sa.gid.is_some() {
+        let (uid, gid) = u.map_owner_in(sa.uid, sa.gid);
+        let (uid, gid) = (uid.map(Uid::from_raw), gid.map(Gid::from_raw));
+        match t {
+            Target::Fd(fd) => rfs::fchown(fd, uid, gid)?,
+            Target::At(dir, name) => rfs::chownat(dir, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)?,
+        }
+    }
+    if let Some(mode) = sa.mode.filter(|_| kind != FileType::Symlink) {
+        let mode = Mode::from_raw_mode(mode & 0o7777);
+        match t {
+            Target::Fd(fd) => rfs::fchmod(fd, mode)?,
+            Target::At(dir, name) => layer::chmod_nofollow(dir, name, mode)?,
+        }
+    }
+    if sa.atime.is_some() || sa.mtime.is_some() {
+        let times = Timestamps {
+            last_access: sa.atime.map(timespec).unwrap_or(OMIT),
+            last_modification: sa.mtime.map(timespec).unwrap_or(OMIT),
+        };
+        match t {
+            Target::Fd(fd) => rfs::futimens(fd, &times)?,
+            Target::At(dir, name) => rfs::utimensat(dir, name, &times, AtFlags::SYMLINK_NOFOLLOW)?,
+        }
+    }
+    match t {
+        Target::Fd(fd) => rfs::fstat(fd),
+        Target::At(dir, name) => layer::stat_at(dir, name)?.ok_or(Errno::NOENT),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_mapping_both_ways() {
+        let map = [
+            IdMap {
+                container: 0,
+                host: 1000,
+                size: 1,
+            },
+            IdMap {
+                container: 1,
+                host: 100000,
+                size: 65536,
+            },
+        ];
+        assert_eq!(map_id(&map, 0, false), 1000);
+        assert_eq!(map_id(&map, 5, false), 100004);
+        assert_eq!(map_id(&map, 70000, false), OVERFLOW_ID);
+        assert_eq!(map_id(&map, 1000, true), 0);
+        assert_eq!(map_id(&map, 100004, true), 5);
+        assert_eq!(map_id(&[], 42, false), 42);
+    }
+}

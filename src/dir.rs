@@ -1,0 +1,535 @@
+//! Namespace changes: create, mknod, mkdir, symlink, link, unlink, rmdir, rename.
+//! New entries always land in the upper; removing a name that a lower layer still has
+//! leaves an AUFS whiteout (`.wh.NAME`) in the upper; a directory made over a whiteout
+//! is opaque. Whiteouts are written before the upper entry goes away, so an interrupted
+//! operation shows the old view, never a half-done one.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustix::fs::{self as rfs, AtFlags, FileType, Gid, Mode, OFlags, RenameFlags, Stat, Uid};
+use rustix::io::Errno;
+
+use crate::copy_up::{remove_tree, stat_times, Fill};
+use crate::inode::{Node, State};
+use crate::layer::{self, split, Result};
+use crate::lookup::Found;
+use crate::mount::Union;
+use crate::whiteout::{self, OPAQUE};
+
+/// Who asks: the caller's uid and gid, for ownership of what it creates.
+#[derive(Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// What to create.
+pub enum NewEntry<'a> {
+    File { mode: u32, flags: i32 },
+    Dir { mode: u32 },
+    Node { mode: u32, rdev: u64 },
+    Symlink { target: &'a Path },
+}
+
+fn create_empty(dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+    match rfs::openat(
+        dir,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(_) | Err(Errno::EXIST) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Makes the upper directory `dir` opaque. Its times stay: the marker is no change of
+/// what the directory shows.
+fn mark_opaque(dir: BorrowedFd<'_>) -> Result<()> {
+    let times = layer::stat_at(dir, OsStr::new("."))?.map(|st| stat_times(&st));
+    create_empty(dir, OsStr::new(OPAQUE))?;
+    if let Some(t) = times {
+        rfs::utimensat(dir, ".", &t, AtFlags::empty())?;
+    }
+    Ok(())
+}
+
+/// Writes the whiteout hiding `name` below the upper directory `dir`.
+/// Whether `.wh.NAME` would be longer than a name can be.
+fn whiteout_too_long(name: &OsStr) -> bool {
+    whiteout::whiteout_name(name).len() > crate::lookup::NAME_MAX
+}
+
+fn write_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+    create_empty(dir, &whiteout::whiteout_name(name))
+}
+
+fn drop_whiteout(dir: BorrowedFd<'_>, name: &OsStr) {
+    let _ = rfs::unlinkat(dir, whiteout::whiteout_name(name), AtFlags::empty());
+}
+
+fn has_upper_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool> {
+    Ok(layer::stat_at(dir, &whiteout::whiteout_name(name))?.is_some())
+}
+
+impl Union {
+    /// Whether a layer below the upper still shows `name` in the directory `parent`.
+    fn lower_has(&self, parent: &State, ppath: &Path, name: &OsStr) -> Result<bool> {
+        let lowers: Vec<usize> = parent
+            .layers
+            .iter()
+            .copied()
+            .filter(|&l| l != 0 || !self.has_upper)
+            .collect();
+        Ok(self.resolve(&lowers, ppath, name)?.is_some())
+    }
+
+    /// Gives `name` in the upper dir `dir` to the caller; the group stays the one the
+    /// filesystem chose when the directory is set-group-id.
+    fn give_to(&self, dir: BorrowedFd<'_>, name: &OsStr, who: Caller, mode: Option<u32>) -> Result<()> {
+        self.give_to_in(dir, dir, name, who, mode)
+    }
+
+    /// `give_to` for an entry made in `dir` that is to live in directory `home`
+    /// (built in the work dir, then moved): the group and the set-group-id bit of a
+    /// directory follow `home`.
+    fn give_to_in(
+        &self,
+        home: BorrowedFd<'_>,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        who: Caller,
+        mode: Option<u32>,
+    ) -> Result<()> {
+        let h = layer::stat_at(home, OsStr::new("."))?.ok_or(Errno::NOENT)?;
+        let setgid_home = h.st_mode & libc::S_ISGID != 0;
+        let (uid, gid) = self.map_owner_in(Some(who.uid), (!setgid_home).then_some(who.gid));
+        let gid = if setgid_home { Some(h.st_gid) } else { gid };
+        rfs::chownat(
+            dir,
+            name,
+            uid.map(Uid::from_raw),
+            gid.map(Gid::from_raw),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?;
+        // chown clears set-id bits; put back what was asked for (and what a directory
+        // inherits from a set-group-id parent).
+        let inherits =
+            setgid_home && layer::stat_at(dir, name)?.is_some_and(|st| layer::file_type(&st) == FileType::Directory);
+        let want = mode.map(|m| if inherits { m | libc::S_ISGID } else { m });
+        if let Some(m) = want.filter(|m| m & 0o6000 != 0) {
+            layer::chmod_nofollow(dir, name, Mode::from_raw_mode(m & 0o7777))?;
+        }
+        Ok(())
+    }
+
+    /// Counts a kernel reference on the entry just made at `path`.
+    fn entered(&self, path: &Path, st: Stat, layers: Vec<usize>) -> (Arc<Node>, Stat) {
+        let kind = layer::file_type(&st);
+        let node = self.table.lookup_backing(&st, path, State { kind, layers }, true);
+        (node, st)
+    }
+
+    /// Creates `name` in directory node `parent`. For files, also returns the open fd.
+    pub fn create_entry(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        what: NewEntry<'_>,
+        who: Caller,
+    ) -> Result<(Arc<Node>, Stat, Option<OwnedFd>)> {
+        if whiteout::is_reserved(name) {
+            return Err(Errno::PERM);
+        }
+        if !self.has_upper {
+            return Err(Errno::ROFS);
+        }
+        let _ns = self.ns.read_recursive();
+        let p = self.node(parent)?;
+        let (path, found) = self.resolve_in(&p, name)?;
+        if found.is_some() {
+            return Err(Errno::EXIST);
+        }
+        self.copy_up(&p)?;
+        let ppath = p.path()?;
+        let upper = self.upper().ok_or(Errno::ROFS)?;
+        let dir = upper.dir(&ppath)?.ok_or(Errno::NOENT)?;
+        let dir = dir.as_fd();
+        let had_whiteout = has_upper_whiteout(dir, name)?;
+        let mut fd = None;
+        match what {
+            NewEntry::File { mode, flags } => {
+                let f = OFlags::from_bits_retain((flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY)) as u32)
+                    | OFlags::CREATE
+                    | OFlags::EXCL
+                    | OFlags::NOFOLLOW
+                    | OFlags::CLOEXEC;
+                fd = Some(rfs::openat(dir, name, f, Mode::from_raw_mode(mode & 0o7777))?);
+                self.give_to(dir, name, who, Some(mode))?;
+            }
+            NewEntry::Dir { mode } if had_whiteout => {
+                // Over a whiteout: built opaque in the work dir, then moved into place.
+                let work = self.work.as_ref().ok_or(Errno::ROFS)?;
+                let tmp = work.temp_name();
+                let made = (|| {
+                    rfs::mkdirat(work.fd(), &tmp, Mode::from_raw_mode(mode & 0o7777))?;
+                    let sub = rfs::openat(
+                        work.fd(),
+                        &tmp,
+                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )?;
+                    create_empty(sub.as_fd(), OsStr::new(OPAQUE))?;
+                    self.give_to_in(dir, work.fd(), &tmp, who, Some(mode))?;
+                    rfs::renameat_with(work.fd(), &tmp, dir, name, RenameFlags::NOREPLACE)
+                })();
+                if let Err(e) = made {
+                    work.discard(&tmp);
+                    return Err(e);
+                }
+            }
+            NewEntry::Dir { mode } => {
+                rfs::mkdirat(dir, name, Mode::from_raw_mode(mode & 0o7777))?;
+                self.give_to(dir, name, who, Some(mode))?;
+            }
+            NewEntry::Node { mode, rdev } => {
+                let kind = FileType::from_raw_mode(mode);
+                rfs::mknodat(dir, name, kind, Mode::from_raw_mode(mode & 0o7777), rdev)?;
+                self.give_to(dir, name, who, Some(mode))?;
+            }
+            NewEntry::Symlink { target } => {
+                rfs::symlinkat(target, dir, name)?;
+                self.give_to(dir, name, who, None)?;
+            }
+        }
+        if had_whiteout {
+            drop_whiteout(dir, name);
+        }
+        let st = layer::stat_at(dir, name)?.ok_or(Errno::NOENT)?;
+        let (node, st) = self.entered(&path, st, vec![0]);
+        Ok((node, st, fd))
+    }
+
+    /// link(2): a new name for `ino` in `newparent`.
+    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<(Arc<Node>, Stat)> {
+        if whiteout::is_reserved(newname) {
+            return Err(Errno::PERM);
+        }
+        if !self.has_upper {
+            return Err(Errno::ROFS);
+        }
+        let _ns = self.ns.read_recursive();
+        let node = self.node(ino)?;
+        let np = self.node(newparent)?;
+        let (path, found) = self.resolve_in(&np, newname)?;
+        if found.is_some() {
+            return Err(Errno::EXIST);
+        }
+        self.copy_up(&node)?;
+        self.copy_up(&np)?;
+        let upper = self.upper().ok_or(Errno::ROFS)?;
+        let src = node.path()?;
+        let (sp, sn) = split(&src);
+        let sdir = upper.dir(sp)?.ok_or(Errno::NOENT)?;
+        let ddir = upper.dir(&np.path()?)?.ok_or(Errno::NOENT)?;
+        rfs::linkat(sdir.as_fd(), sn, ddir.as_fd(), newname, AtFlags::empty())?;
+        drop_whiteout(ddir.as_fd(), newname);
+        let st = layer::stat_at(ddir.as_fd(), newname)?.ok_or(Errno::NOENT)?;
+        if let Some(w) = &self.work {
+            w.count_name(st.st_dev, st.st_ino, 1);
+        }
+        let n = self.table.lookup(node.ino, &path, node.state());
+        Ok((n, st))
+    }
+
+    /// unlink(2) and rmdir(2).
+    pub fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> Result<()> {
+        if !self.has_upper {
+            return Err(Errno::ROFS);
+        }
+        // A name too long for a whiteout may need its whole directory brought up (see
+        // `settle_dir`), which must not run beside other changes.
+        let long = whiteout_too_long(name);
+        let (_ns_shared, _ns_alone) = match long {
+            false => (Some(self.ns.read_recursive()), None),
+            true => (None, Some(self.ns.write())),
+        };
+        let p = self.node(parent)?;
+        let (path, found) = self.resolve_in(&p, name)?;
+        let mut f = found.ok_or(Errno::NOENT)?;
+        match (dir, f.state.kind == FileType::Directory) {
+            (true, false) => return Err(Errno::NOTDIR),
+            (false, true) => return Err(Errno::ISDIR),
+            _ => {}
+        }
+        if dir && !self.dir_is_empty(&f.state, &path)? {
+            return Err(Errno::NOTEMPTY);
+        }
+        let pst = p.state();
+        let ppath = p.path()?;
+        let mut needs_whiteout = self.lower_has(&pst, &ppath, name)?;
+        if needs_whiteout && long {
+            self.settle_dir(&p, &ppath)?;
+            f = self.resolve_in(&p, name)?.1.ok_or(Errno::NOENT)?;
+            needs_whiteout = false;
+        }
+        self.copy_up(&p)?;
+        let upper = self.upper().ok_or(Errno::ROFS)?;
+        let udir = upper.dir(&ppath)?.ok_or(Errno::NOENT)?;
+        let udir = udir.as_fd();
+        if needs_whiteout {
+            write_whiteout(udir, name)?;
+        }
+        // The node loses the name before the upper inode can be freed: a create running
+        // beside this one may be given the same inode number at once, and must not find
+        // it still naming a live node.
+        let id = self.ino_of(&f.stat);
+        let node = self.table.get(id);
+        if let Some(n) = &node {
+            n.remove_path(&path, &f.stat);
+        }
+        if f.state.layers[0] == 0 {
+            let removed = match dir {
+                // Move it aside first (it may hold whiteouts), then clean it up.
+                true => self.work.as_ref().ok_or(Errno::ROFS).and_then(|work| {
+                    let tmp = work.temp_name();
+                    rfs::renameat(udir, name, work.fd(), &tmp)?;
+                    work.discard(&tmp);
+                    Ok(())
+                }),
+                false => rfs::unlinkat(udir, name, AtFlags::empty()),
+            };
+            if let Err(e) = removed {
+                if let Some(n) = &node {
+                    n.add_path(&path);
+                }
+                return Err(e);
+            }
+        }
+        self.name_gone(&f, &path, id);
+        Ok(())
+    }
+
+    /// A name of entry `f` went away (unlink, rmdir, replaced by a rename). A file with
+    /// several names counts one fewer, in the index (copied there first when it is still
+    /// only in a lower, so its other names learn of it); an upper inode that is gone
+    /// releases its inode number.
+    /// `id` is the node id the entry had.
+    fn name_gone(&self, f: &Found, path: &Path, id: u64) {
+        let is_file = f.state.kind == FileType::RegularFile;
+        if let (Some(w), true) = (&self.work, is_file) {
+            let upper = match (f.state.layers[0] == 0, f.stat.st_nlink > 1) {
+                (true, _) => Some(f.stat),
+                (false, true) => w
+                    .copy_of(&f.stat)
+                    .or_else(|| self.index_copy(f.state.layers[0], path).ok()),
+                (false, false) => None,
+            };
+            if let Some(u) = upper {
+                w.count_name(u.st_dev, u.st_ino, -1);
+            }
+        }
+        // Any non-directory can have several names (fifos, devices and symlinks too):
+        // the number is free only with its last name.
+        let last_name = f.state.kind == FileType::Directory || f.stat.st_nlink <= 1;
+        if f.state.layers[0] == 0 && last_name {
+            self.table.forget_backing(f.stat.st_dev, f.stat.st_ino, id);
+        }
+    }
+
+    /// A node for the entry at `path` (not counted): the table's when the kernel looked
+    /// it up and `path` is the name it does I/O by, else a detached one for this name.
+    /// A file with several names can have one in the upper and another still in a
+    /// lower; the table node's state speaks for its first name only.
+    fn node_for(&self, path: &Path, f: &Found) -> Arc<Node> {
+        let id = self.ino_of(&f.stat);
+        match self.table.get(id) {
+            Some(n) if n.path().is_ok_and(|p| p == path) => n,
+            _ => Arc::new(Node::detached(id, path, f.state.clone())),
+        }
+    }
+
+    /// Brings a whole merged directory tree into the upper and makes every directory of
+    /// it opaque, so it no longer depends on the layers below (used to move it).
+    fn copy_tree(&self, path: &Path, st: &State) -> Result<()> {
+        let udir = self.upper_dir(path)?;
+        if st.layers == [0] {
+            return Ok(());
+        }
+        for e in self.list_merged(st, path, 0)?.into_iter().skip(2) {
+            let Some(child) = self.resolve(&st.layers, path, &e.name)? else {
+                continue;
+            };
+            let cpath = path.join(&e.name);
+            if child.state.kind == FileType::Directory {
+                self.copy_tree(&cpath, &child.state)?;
+            } else if child.state.layers[0] != 0 {
+                let up = self.copy_entry_with(child.state.layers[0], path, &e.name, udir.as_fd(), Fill::Meta)?;
+                self.table.record_origin(up.st_dev, up.st_ino, self.ino_of(&child.stat));
+            }
+        }
+        mark_opaque(udir.as_fd())
+    }
+
+    /// Brings directory node `p` (at `path`) into the upper whole and makes it opaque,
+    /// so that nothing of the lowers shows in it any more: how a lower entry is hidden
+    /// when its whiteout name would be longer than NAME_MAX. Costly (the directory's
+    /// tree is copied, files metadata-only where they can be), and only for such names.
+    /// Called with the namespace lock held exclusively.
+    fn settle_dir(&self, p: &Node, path: &Path) -> Result<()> {
+        self.copy_tree(path, &p.state())?;
+        // Everything at or below `path` now lives in the upper only.
+        self.table.rename_paths(path, path, false);
+        p.state.write().layers = vec![0];
+        Ok(())
+    }
+
+    /// rename(2) / renameat2(2) with RENAME_NOREPLACE or RENAME_EXCHANGE.
+    pub fn rename(&self, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr, flags: u32) -> Result<()> {
+        if whiteout::is_reserved(newname) {
+            return Err(Errno::PERM);
+        }
+        if !self.has_upper {
+            return Err(Errno::ROFS);
+        }
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        let noreplace = flags & libc::RENAME_NOREPLACE != 0;
+        if flags & !(libc::RENAME_EXCHANGE | libc::RENAME_NOREPLACE) != 0 {
+            return Err(Errno::INVAL);
+        }
+        let _ns = self.ns.write();
+        let p = self.node(parent)?;
+        let np = self.node(newparent)?;
+        let (from, src) = self.resolve_in(&p, name)?;
+        let (to, dst) = self.resolve_in(&np, newname)?;
+        let src = src.ok_or(Errno::NOENT)?;
+        if noreplace && dst.is_some() {
+            return Err(Errno::EXIST);
+        }
+        if exchange && dst.is_none() {
+            return Err(Errno::NOENT);
+        }
+        let src_dir = src.state.kind == FileType::Directory;
+        if let Some(d) = &dst {
+            if self.ino_of(&d.stat) == self.ino_of(&src.stat) {
+                return Ok(()); // the same file: nothing to do
+            }
+            let dst_dir = d.state.kind == FileType::Directory;
+            if !exchange {
+                match (src_dir, dst_dir) {
+                    (true, false) => return Err(Errno::NOTDIR),
+                    (false, true) => return Err(Errno::ISDIR),
+                    (true, true) if !self.dir_is_empty(&d.state, &to)? => return Err(Errno::NOTEMPTY),
+                    _ => {}
+                }
+            }
+        }
+        // Everything that moves must live in the upper, whole.
+        let moved: Vec<(&PathBuf, &Found)> = match &dst {
+            Some(d) if exchange => vec![(&from, &src), (&to, d)],
+            _ => vec![(&from, &src)],
+        };
+        for (path, f) in &moved {
+            if f.state.kind == FileType::Directory {
+                self.copy_tree(path, &f.state)?;
+                if exchange {
+                    // Whole now, it must not merge with lowers under its new name.
+                    let (pp, n) = split(path);
+                    let d = self.upper_dir(pp)?;
+                    let sub = rfs::openat(
+                        d.as_fd(),
+                        n,
+                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )?;
+                    mark_opaque(sub.as_fd())?;
+                }
+            } else {
+                self.copy_up_meta(&self.node_for(path, f))?;
+            }
+        }
+        self.copy_up(&p)?;
+        self.copy_up(&np)?;
+        let upper = self.upper().ok_or(Errno::ROFS)?;
+        let ppath = p.path()?;
+        let nppath = np.path()?;
+        let sdir = upper.dir(&ppath)?.ok_or(Errno::NOENT)?;
+        let ddir = upper.dir(&nppath)?.ok_or(Errno::NOENT)?;
+        let (sdir, ddir) = (sdir.as_fd(), ddir.as_fd());
+        if !exchange {
+            if let Some(d) = &dst {
+                if d.state.kind == FileType::Directory && d.state.layers[0] == 0 {
+                    // Merged-empty, but it may still hold whiteouts: empty it for real.
+                    let sub = rfs::openat(
+                        ddir,
+                        newname,
+                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )?;
+                    for (n, _, _) in layer::read_dir(sub.as_fd())? {
+                        remove_tree(sub.as_fd(), &n);
+                    }
+                }
+            }
+            // A moved directory must not merge with what lowers have under its new name.
+            if src_dir && self.lower_has(&np.state(), &nppath, newname)? {
+                let sub = rfs::openat(
+                    sdir,
+                    name,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?;
+                mark_opaque(sub.as_fd())?;
+            }
+            if self.lower_has(&p.state(), &ppath, name)? {
+                match whiteout_too_long(name) {
+                    false => write_whiteout(sdir, name)?,
+                    true => self.settle_dir(&p, &ppath)?,
+                }
+            }
+        }
+        let rflags = if exchange {
+            RenameFlags::EXCHANGE
+        } else if noreplace {
+            RenameFlags::NOREPLACE
+        } else {
+            RenameFlags::empty()
+        };
+        // A moved directory keeps its times (its ".." entry is no change it shows).
+        let moved_times = match src_dir && !exchange {
+            true => layer::stat_at(sdir, name)?.map(|st| stat_times(&st)),
+            false => None,
+        };
+        rfs::renameat_with(sdir, name, ddir, newname, rflags)?;
+        if let Some(t) = moved_times {
+            let _ = rfs::utimensat(ddir, newname, &t, AtFlags::SYMLINK_NOFOLLOW);
+        }
+        if !exchange {
+            drop_whiteout(ddir, newname);
+        }
+        // The kernel's view of paths follows.
+        if let Some(d) = dst.as_ref().filter(|_| !exchange) {
+            let id = self.ino_of(&d.stat);
+            if let Some(n) = self.table.get(id) {
+                n.remove_path(&to, &d.stat);
+            }
+            self.name_gone(d, &to, id);
+        }
+        if src_dir || exchange {
+            self.table.rename_paths(&from, &to, exchange);
+        } else if let Some(n) = self.table.get(self.ino_of(&src.stat)) {
+            n.rename_path(&from, &to);
+        }
+        Ok(())
+    }
+
+    pub fn readlink(&self, node: &Node) -> Result<Vec<u8>> {
+        let path = node.path()?;
+        let (parent, name) = split(&path);
+        let dir = self.layers[node.top()].dir(parent)?.ok_or(Errno::NOENT)?;
+        Ok(rfs::readlinkat(dir.as_fd(), name, Vec::new())?.into_bytes())
+    }
+}

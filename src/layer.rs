@@ -1,0 +1,392 @@
+//! A layer: one directory of the stack, held as an open directory fd. Every backing
+//! operation is relative to that fd: paths inside a layer are resolved with `openat2`
+//! and `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` (component by component with `O_NOFOLLOW`
+//! where `openat2` is missing), and the last component is always used with `*at` calls
+//! that do not follow symlinks. A symlink inside a layer can never lead an operation
+//! outside it.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::num::NonZeroUsize;
+use std::sync::{Arc, OnceLock};
+
+use lru::LruCache;
+use parking_lot::Mutex;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, RawDir, ResolveFlags, Stat, XattrFlags};
+use rustix::io::Errno;
+
+pub type Result<T> = std::result::Result<T, Errno>;
+
+/// Set once `openat2` has answered ENOSYS: fall back to component-wise `openat`.
+static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
+
+pub struct Layer {
+    /// Position in the stack: 0 is the top (the upper layer when there is one).
+    pub index: usize,
+    pub is_upper: bool,
+    /// The layer root as given on the command line (for messages).
+    pub path: PathBuf,
+    root: OwnedFd,
+    pub dev: u64,
+}
+
+/// A directory fd inside a layer: the layer root itself, or one opened below it.
+pub enum DirFd<'a> {
+    Root(BorrowedFd<'a>),
+    Owned(OwnedFd),
+}
+
+impl AsFd for DirFd<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            DirFd::Root(fd) => *fd,
+            DirFd::Owned(fd) => fd.as_fd(),
+        }
+    }
+}
+
+/// Splits a layer-relative path into (parent, name). The root splits into ("", "."),
+/// so `*at(dir, name)` calls address the root itself.
+pub fn split(rel: &Path) -> (&Path, &OsStr) {
+    match (rel.parent(), rel.file_name()) {
+        (Some(p), Some(n)) => (p, n),
+        _ => (Path::new(""), OsStr::new(".")),
+    }
+}
+
+impl Layer {
+    /// Opens a layer root. A root given as a symlink (as container runtimes do) is
+    /// resolved here, once; nothing below it is ever followed.
+    pub fn open(index: usize, is_upper: bool, path: &Path) -> std::result::Result<Layer, String> {
+        let root = rfs::open(
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| match e {
+            Errno::NOENT => format!("{}: no such directory", path.display()),
+            Errno::NOTDIR => format!("{}: not a directory", path.display()),
+            e => format!("{}: {}", path.display(), std::io::Error::from(e)),
+        })?;
+        let st = rfs::fstat(&root).map_err(|e| format!("{}: {}", path.display(), std::io::Error::from(e)))?;
+        Ok(Layer {
+            index,
+            is_upper,
+            path: path.to_path_buf(),
+            root,
+            dev: st.st_dev,
+        })
+    }
+
+    /// Whether two layers are one directory (reached by different paths, e.g. a bind
+    /// mount or a symlink).
+    pub fn same_dir_as(&self, other: &Layer) -> bool {
+        match (rfs::fstat(&self.root), rfs::fstat(&other.root)) {
+            (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
+            _ => false,
+        }
+    }
+
+    pub fn root(&self) -> BorrowedFd<'_> {
+        self.root.as_fd()
+    }
+
+    /// Opens the directory at `rel` (relative to the layer root) without following any
+    /// symlink on the way. `Ok(None)` when it does not exist or is not a directory.
+    pub fn dir(&self, rel: &Path) -> Result<Option<DirFd<'_>>> {
+        if rel.as_os_str().is_empty() {
+            return Ok(Some(DirFd::Root(self.root.as_fd())));
+        }
+        match open_beneath(self.root.as_fd(), rel, OFlags::RDONLY | OFlags::DIRECTORY) {
+            Ok(fd) => Ok(Some(DirFd::Owned(fd))),
+            Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::LOOP) | Err(Errno::XDEV) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `lstat` of the entry at `rel`. `Ok(None)` when it does not exist.
+    pub fn stat(&self, rel: &Path) -> Result<Option<Stat>> {
+        let (parent, name) = split(rel);
+        match self.dir(parent)? {
+            Some(d) => stat_at(d.as_fd(), name),
+            None => Ok(None),
+        }
+    }
+
+    /// Opens the entry at `rel` with `flags` (never following a final symlink).
+    pub fn open_file(&self, rel: &Path, flags: OFlags) -> Result<OwnedFd> {
+        let (parent, name) = split(rel);
+        let d = self.dir(parent)?.ok_or(Errno::NOENT)?;
+        if self.is_upper {
+            rfs::openat(
+                d.as_fd(),
+                name,
+                flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+        } else {
+            open_noatime(d.as_fd(), name, flags)
+        }
+    }
+}
+
+/// Opens `name` in `dir` (no symlink followed) without updating its access time, so
+/// that reading a lower layer through the mount never changes it. Falls back to a
+/// plain open where O_NOATIME is not allowed (a file of another user, unprivileged).
+pub fn open_noatime(dir: BorrowedFd<'_>, name: &OsStr, flags: OFlags) -> Result<OwnedFd> {
+    let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    match rfs::openat(dir, name, flags | OFlags::NOATIME, Mode::empty()) {
+        Err(Errno::PERM) => rfs::openat(dir, name, flags, Mode::empty()),
+        r => r,
+    }
+}
+
+/// Opens `rel` below `root` with no symlink followed and no escape (`..`) possible.
+pub fn open_beneath(root: BorrowedFd<'_>, rel: &Path, flags: OFlags) -> Result<OwnedFd> {
+    let flags = flags | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    if !NO_OPENAT2.load(Ordering::Relaxed) {
+        let how = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+        // EAGAIN: a rename elsewhere raced with the walk; the kernel asks to try again.
+        for _ in 0..64 {
+            match rfs::openat2(root, rel, flags, Mode::empty(), how) {
+                Err(Errno::AGAIN) => continue,
+                Err(Errno::NOSYS) => {
+                    NO_OPENAT2.store(true, Ordering::Relaxed);
+                    break;
+                }
+                r => return r,
+            }
+        }
+    }
+    // Fallback: one component at a time, each with O_NOFOLLOW.
+    let mut cur: Option<OwnedFd> = None;
+    let comps: Vec<_> = rel.components().collect();
+    for (i, c) in comps.iter().enumerate() {
+        let name = c.as_os_str();
+        if name == ".." || name == "." {
+            return Err(Errno::XDEV);
+        }
+        let last = i + 1 == comps.len();
+        let f = if last {
+            flags
+        } else {
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
+        };
+        let at = cur.as_ref().map(|f| f.as_fd()).unwrap_or(root);
+        let next = rfs::openat(at, name, f, Mode::empty())?;
+        cur = Some(next);
+    }
+    cur.ok_or(Errno::INVAL)
+}
+
+/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`, with absence as `None`. A name too long
+/// to exist (a whiteout for a 252+ byte name) is absent too.
+pub fn stat_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Option<Stat>> {
+    match rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(st)),
+        Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::NAMETOOLONG) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn file_type(st: &Stat) -> FileType {
+    FileType::from_raw_mode(st.st_mode)
+}
+
+/// Reads all entries of a directory (except `.` and `..`): (name, d_type, d_ino).
+pub fn read_dir(dir: BorrowedFd<'_>) -> Result<Vec<(OsString, FileType, u64)>> {
+    // A fresh fd so the offset of `dir` is untouched and concurrent listings don't mix.
+    let fd = open_noatime(dir, OsStr::new("."), OFlags::RDONLY | OFlags::DIRECTORY)?;
+    let mut buf = vec![MaybeUninit::<u8>::uninit(); 32 * 1024];
+    let mut raw = RawDir::new(&fd, &mut buf);
+    let mut out = Vec::new();
+    while let Some(ent) = raw.next() {
+        let ent = ent?;
+        let name = ent.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        out.push((OsStr::from_bytes(name).to_os_string(), ent.file_type(), ent.ino()));
+    }
+    Ok(out)
+}
+
+/// `/proc/self/fd/N` path for xattr calls on an `O_PATH` fd (works for symlinks too).
+pub fn proc_path(fd: BorrowedFd<'_>) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// Opens an entry for xattr access: `O_PATH` so that symlinks, fifos and devices work.
+pub fn open_path(dir: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd> {
+    rfs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// chmod of `name` in `dir` that never follows a symlink (ELOOP on one): what
+/// `fchmodat(AT_SYMLINK_NOFOLLOW)` would do where the kernel has no fchmodat2.
+pub fn chmod_nofollow(dir: BorrowedFd<'_>, name: &OsStr, mode: Mode) -> Result<()> {
+    let fd = open_path(dir, name)?;
+    if file_type(&rfs::fstat(&fd)?) == FileType::Symlink {
+        return Err(Errno::LOOP);
+    }
+    rfs::chmod(proc_path(fd.as_fd()), mode)
+}
+
+/// Value of one xattr of an `O_PATH` fd; `Ok(None)` when absent.
+pub fn get_xattr(fd: BorrowedFd<'_>, name: &OsStr) -> Result<Option<Vec<u8>>> {
+    let p = proc_path(fd);
+    let mut buf = vec![0u8; 256];
+    loop {
+        match rfs::getxattr(&p, name, &mut buf[..]) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(Some(buf));
+            }
+            Err(Errno::RANGE) => {
+                let n = rfs::getxattr_query(&p, name)?;
+                buf.resize(n.max(buf.len() * 2), 0);
+            }
+            Err(Errno::NODATA) | Err(Errno::NOTSUP) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Names of all xattrs of an `O_PATH` fd.
+pub fn list_xattrs(fd: BorrowedFd<'_>) -> Result<Vec<OsString>> {
+    let p = proc_path(fd);
+    let mut buf = vec![0u8; 1024];
+    let n = loop {
+        match rfs::listxattr(&p, &mut buf[..]) {
+            Ok(n) => break n,
+            Err(Errno::RANGE) => {
+                let n = rfs::listxattr_query(&p)?;
+                buf.resize(n.max(buf.len() * 2), 0);
+            }
+            Err(Errno::NOTSUP) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        }
+    };
+    Ok(buf[..n]
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| OsStr::from_bytes(s).to_os_string())
+        .collect())
+}
+
+pub fn set_xattr(fd: BorrowedFd<'_>, name: &OsStr, value: &[u8], flags: XattrFlags) -> Result<()> {
+    rfs::setxattr(proc_path(fd), name, value, flags)
+}
+
+pub fn remove_xattr(fd: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+    rfs::removexattr(proc_path(fd), name)
+}
+
+/// One directory of a lower layer, read once: its entries in directory order and by
+/// name, and whether it is marked opaque. Lower layers never change, so listings are
+/// kept (see `Listings`) and a lookup through many layers costs no system call in
+/// the layers that do not hold the name.
+pub struct Listing {
+    pub entries: Vec<ListEntry>,
+    index: HashMap<OsString, usize>,
+    /// Holds `.wh..wh..opq`.
+    pub opaque_aufs: bool,
+    /// Carries `trusted.overlay.opaque` or `user.overlay.opaque` = `y`.
+    pub opaque_xattr: bool,
+}
+
+pub struct ListEntry {
+    pub name: OsString,
+    /// From the directory entry; `Unknown` when the filesystem does not say.
+    pub kind: FileType,
+    pub ino: u64,
+    stat: OnceLock<Stat>,
+}
+
+impl Listing {
+    fn read(dir: BorrowedFd<'_>) -> Result<Listing> {
+        let mut entries = Vec::new();
+        let mut index = HashMap::new();
+        for (name, kind, ino) in read_dir(dir)? {
+            index.insert(name.clone(), entries.len());
+            entries.push(ListEntry {
+                name,
+                kind,
+                ino,
+                stat: OnceLock::new(),
+            });
+        }
+        let opaque_aufs = index.contains_key(OsStr::new(crate::whiteout::OPAQUE));
+        let opaque_xattr = ["trusted.overlay.opaque", "user.overlay.opaque"].iter().any(|a| {
+            let mut v = [0u8; 4];
+            matches!(rfs::fgetxattr(dir, *a, &mut v[..]), Ok(n) if n >= 1 && v[0] == b'y')
+        });
+        Ok(Listing {
+            entries,
+            index,
+            opaque_aufs,
+            opaque_xattr,
+        })
+    }
+
+    pub fn get(&self, name: &OsStr) -> Option<&ListEntry> {
+        self.index.get(name).map(|i| &self.entries[*i])
+    }
+}
+
+impl ListEntry {
+    /// The entry's lstat, taken once.
+    pub fn stat(&self, layer: &Layer, parent: &Path) -> Result<Stat> {
+        if let Some(st) = self.stat.get() {
+            return Ok(*st);
+        }
+        let st = layer.stat(&parent.join(&self.name))?.ok_or(Errno::NOENT)?;
+        Ok(*self.stat.get_or_init(|| st))
+    }
+}
+
+/// Listings of lower-layer directories (and the knowledge that a layer has no
+/// directory at a path), least recently used dropped first.
+pub struct Listings(Mutex<LruCache<ListingKey, Option<Arc<Listing>>>>);
+
+/// (layer index, directory path in it).
+type ListingKey = (usize, PathBuf);
+
+impl Listings {
+    pub fn new(dirs: usize) -> Listings {
+        Listings(Mutex::new(LruCache::new(NonZeroUsize::new(dirs.max(1)).unwrap())))
+    }
+
+    /// What is kept for directory `rel` of lower layer `layer`, without reading it:
+    /// `None` when nothing is kept yet.
+    pub fn cached(&self, layer: &Layer, rel: &Path) -> Option<Option<Arc<Listing>>> {
+        self.0.lock().get(&(layer.index, rel.to_path_buf())).cloned()
+    }
+
+    /// The listing of directory `rel` of lower layer `layer`; `None` when the layer has
+    /// no directory there.
+    pub fn get(&self, layer: &Layer, rel: &Path) -> Result<Option<Arc<Listing>>> {
+        debug_assert!(!layer.is_upper);
+        let key = (layer.index, rel.to_path_buf());
+        if let Some(l) = self.0.lock().get(&key) {
+            return Ok(l.clone());
+        }
+        let l = match layer.dir(rel)? {
+            Some(dir) => Some(Arc::new(Listing::read(dir.as_fd())?)),
+            None => None,
+        };
+        self.0.lock().put(key, l.clone());
+        Ok(l)
+    }
+}

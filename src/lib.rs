@@ -1,0 +1,15 @@
+//! strata: a union filesystem in userspace. Read-only lower layers merged with one
+//! writable upper layer, served over FUSE.
+
+pub mod attr;
+pub mod config;
+pub mod copy_up;
+pub mod dir;
+pub mod file;
+pub mod fs;
+pub mod inode;
+pub mod layer;
+pub mod lookup;
+pub mod mount;
+pub mod readdir;
+pub mod whiteout;

@@ -1,0 +1,223 @@
+//! Resolving a name through the stack: upper first, then lowers top to bottom. The
+//! first layer holding the name decides its type; a whiteout stops the search; a
+//! directory merges with same-named directories below until an opaque one or a
+//! non-directory.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Path;
+use std::sync::Arc;
+
+use rustix::fs::{FileType, Mode, OFlags, Stat};
+use rustix::io::Errno;
+
+use crate::inode::{Node, State};
+use crate::layer::{self, Listing, Result};
+use crate::mount::Union;
+use crate::whiteout;
+
+/// Longest name the mount takes (as ext4).
+pub const NAME_MAX: usize = 255;
+
+/// A resolved entry: where it lives and the stat of its top-most copy.
+pub struct Found {
+    pub state: State,
+    pub stat: Stat,
+}
+
+/// What one layer says about a name.
+enum Probe {
+    Absent,
+    /// Whited out: the name does not exist from this layer down.
+    Whiteout,
+    Entry {
+        kind: FileType,
+        /// Taken when asked for (or needed to tell the type).
+        stat: Option<Stat>,
+        /// A directory that hides what the layers below have under its name.
+        opaque: bool,
+    },
+}
+
+impl Union {
+    /// What layer `l` holds under `name` in its directory `parent`.
+    ///
+    /// The upper, and lower directories not listed yet, are asked on disk (a few system
+    /// calls); lower directories already listed (by a readdir) answer from the listing.
+    fn probe(&self, l: usize, parent: &Path, name: &OsStr, want_stat: bool) -> Result<Probe> {
+        let layer = &self.layers[l];
+        if layer.is_upper {
+            return self.probe_disk(l, parent, name);
+        }
+        match self.listings.cached(layer, parent) {
+            None => self.probe_disk(l, parent, name),
+            Some(None) => Ok(Probe::Absent),
+            Some(Some(list)) => self.probe_listing(l, &list, parent, name, want_stat),
+        }
+    }
+
+    fn probe_disk(&self, l: usize, parent: &Path, name: &OsStr) -> Result<Probe> {
+        let forms = self.forms[l];
+        let Some(dir) = self.layers[l].dir(parent)? else {
+            return Ok(Probe::Absent);
+        };
+        match layer::stat_at(dir.as_fd(), name)? {
+            Some(st) if forms.overlay && whiteout::is_overlay_whiteout(&st) => Ok(Probe::Whiteout),
+            Some(st) => {
+                let kind = layer::file_type(&st);
+                let opaque = kind == FileType::Directory && self.is_opaque_dir(l, dir.as_fd(), parent, name)?;
+                Ok(Probe::Entry {
+                    kind,
+                    stat: Some(st),
+                    opaque,
+                })
+            }
+            None if whiteout::has_whiteout(dir.as_fd(), name, forms)? => Ok(Probe::Whiteout),
+            None => Ok(Probe::Absent),
+        }
+    }
+
+    fn probe_listing(&self, l: usize, list: &Listing, parent: &Path, name: &OsStr, want_stat: bool) -> Result<Probe> {
+        let forms = self.forms[l];
+        let layer = &self.layers[l];
+        let Some(e) = list.get(name) else {
+            let wh = forms.aufs && list.get(&whiteout::whiteout_name(name)).is_some();
+            return Ok(if wh { Probe::Whiteout } else { Probe::Absent });
+        };
+        let mut kind = e.kind;
+        let mut stat = None;
+        if want_stat || kind == FileType::Unknown || (forms.overlay && kind == FileType::CharacterDevice) {
+            let st = e.stat(layer, parent)?;
+            if forms.overlay && whiteout::is_overlay_whiteout(&st) {
+                return Ok(Probe::Whiteout);
+            }
+            kind = layer::file_type(&st);
+            stat = Some(st);
+        }
+        let opaque = kind == FileType::Directory && {
+            let dir = layer.dir(parent)?.ok_or(Errno::NOENT)?;
+            self.is_opaque_dir(l, dir.as_fd(), parent, name)?
+        };
+        Ok(Probe::Entry { kind, stat, opaque })
+    }
+
+    /// Type and stat of `name` in directory `parent` of layer `l`, if it holds one.
+    pub fn lower_entry(&self, l: usize, parent: &Path, name: &OsStr) -> Result<Option<(FileType, Stat)>> {
+        Ok(match self.probe(l, parent, name, true)? {
+            Probe::Entry {
+                kind, stat: Some(st), ..
+            } => Some((kind, st)),
+            _ => None,
+        })
+    }
+
+    /// Whether directory `name` (in `dir`, at `parent` of layer `l`) is opaque: from its
+    /// kept listing in a lower, else on disk.
+    fn is_opaque_dir(&self, l: usize, dir: BorrowedFd<'_>, parent: &Path, name: &OsStr) -> Result<bool> {
+        let forms = self.forms[l];
+        let layer = &self.layers[l];
+        if !layer.is_upper {
+            if let Some(Some(c)) = self.listings.cached(layer, &parent.join(name)) {
+                return Ok((forms.aufs && c.opaque_aufs) || (forms.overlay && c.opaque_xattr));
+            }
+        }
+        let sub = rustix::fs::openat(
+            dir,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        whiteout::is_opaque(sub.as_fd(), forms)
+    }
+
+    /// Resolves `name` in the merged directory at `parent`, which spans `parent_layers`.
+    pub fn resolve(&self, parent_layers: &[usize], parent: &Path, name: &OsStr) -> Result<Option<Found>> {
+        if name.len() > NAME_MAX {
+            return Err(Errno::NAMETOOLONG);
+        }
+        if whiteout::is_reserved(name) {
+            return Ok(None);
+        }
+        let mut found: Option<Found> = None;
+        for &l in parent_layers {
+            match self.probe(l, parent, name, found.is_none())? {
+                Probe::Absent => continue,
+                Probe::Whiteout => break,
+                Probe::Entry { kind, stat, opaque } => {
+                    match &mut found {
+                        None => {
+                            let stat = stat.ok_or(Errno::IO)?;
+                            found = Some(Found {
+                                state: State { kind, layers: vec![l] },
+                                stat,
+                            });
+                        }
+                        // A non-directory below a directory does not count.
+                        Some(_) if kind != FileType::Directory => break,
+                        Some(f) => f.state.layers.push(l),
+                    }
+                    if kind != FileType::Directory || opaque {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Resolves `name` under the directory node `parent`: (child path, found entry).
+    pub fn resolve_in(&self, parent: &Node, name: &OsStr) -> Result<(std::path::PathBuf, Option<Found>)> {
+        let st = parent.state();
+        if st.kind != FileType::Directory {
+            return Err(Errno::NOTDIR);
+        }
+        let ppath = parent.path()?;
+        let found = self.resolve(&st.layers, &ppath, name)?;
+        Ok((ppath.join(name), found))
+    }
+
+    /// The node id an entry found by `resolve` has.
+    pub fn ino_of(&self, st: &Stat) -> u64 {
+        self.table.ino_for(st.st_dev, st.st_ino)
+    }
+
+    /// Kernel lookup: resolves and counts one reference on the node.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<(Arc<Node>, Stat)> {
+        let _ns = self.ns.read_recursive();
+        let p = self.table.get(parent).ok_or(Errno::STALE)?;
+        let (path, found) = self.resolve_in(&p, name)?;
+        let f = found.ok_or(Errno::NOENT)?;
+        let node = self.table.lookup_backing(&f.stat, &path, f.state, false);
+        // A lower file with several names, one of them copied up: this name shows the
+        // copy (without copying anything: reading changes nothing).
+        let st = match self.index_copy_of(&f.stat) {
+            Some(c) => c,
+            None => f.stat,
+        };
+        Ok((node, st))
+    }
+
+    /// The copy in the index of a lower file with several names, when one of its
+    /// names has been copied up (or gone): what all its other names show.
+    pub fn index_copy_of(&self, lower: &Stat) -> Option<Stat> {
+        if lower.st_nlink <= 1 || layer::file_type(lower) != FileType::RegularFile {
+            return None;
+        }
+        self.work.as_ref()?.copy_of(lower)
+    }
+
+    /// The node, or ESTALE when the kernel names one we no longer know.
+    pub fn node(&self, ino: u64) -> Result<Arc<Node>> {
+        self.table.get(ino).ok_or(Errno::STALE)
+    }
+
+    /// Fresh stat of a node's top-most copy.
+    pub fn stat_node(&self, node: &Node) -> Result<Stat> {
+        let top = node.top();
+        let st = self.layers[top].stat(&node.path()?)?.ok_or(Errno::NOENT)?;
+        if self.layers[top].is_upper {
+            return Ok(st);
+        }
+        Ok(self.index_copy_of(&st).unwrap_or(st))
+    }
+}

@@ -1,0 +1,106 @@
+//! strata command line: parses arguments into a `Config` and runs the mount.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use strata::config::{apply_opts, finish, Config};
+
+/// A union filesystem in userspace: read-only lower layers merged with one writable
+/// upper directory.
+#[derive(Parser)]
+#[command(
+    name = "strata",
+    version,
+    disable_version_flag = true,
+    after_help = "OPTIONS for -o (comma-separated, as fuse-overlayfs and mount(8) take them):\n  \
+lowerdir=L1:L2:...   lower layers, top first (\\: is a colon inside a path)\n  \
+upperdir=U           writable layer (none: the mount is read-only)\n  \
+workdir=W            staging dir on U's filesystem (default U/.wh..wh.work)\n  \
+volatile, fsync=0|1  skip fsync / fsync copied-up files before they appear\n  \
+timeout=SECS         kernel cache time for names and attributes (default 86400)\n  \
+uidmapping=C:H:N:..., gidmapping=..., squash_to_uid=N, squash_to_gid=N, squash_to_root\n  \
+allow_other, nodefault_permissions, ro, threads=N, passthrough=0|1,\n  \
+whiteout=both|aufs|overlay (markers honoured in lower layers), debug, fsname=NAME\n\
+Unknown options are reported and ignored.\n\n\
+Logs: -d, or RUST_LOG (e.g. RUST_LOG=strata=debug)."
+)]
+struct Cli {
+    /// Mount options (may be repeated; they accumulate)
+    #[arg(short = 'o', value_name = "OPTS")]
+    opts: Vec<String>,
+    /// Lower layer, top first (repeat for more; appended after any -o lowerdir)
+    #[arg(long = "lower", value_name = "DIR")]
+    lower: Vec<PathBuf>,
+    /// Upper (writable) layer
+    #[arg(long, value_name = "DIR")]
+    upper: Option<PathBuf>,
+    /// Work dir, on the same filesystem as the upper layer
+    #[arg(long, value_name = "DIR")]
+    workdir: Option<PathBuf>,
+    /// Stay in the foreground
+    #[arg(short, long)]
+    foreground: bool,
+    /// Debug logs on stderr (implies --foreground)
+    #[arg(short, long)]
+    debug: bool,
+    /// FUSE worker threads (default: number of CPUs, 2 to 8)
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Print the version
+    #[arg(short = 'V', long)]
+    version: bool,
+    /// [SOURCE] MOUNTPOINT (mount helpers pass the source first; it names the mount)
+    #[arg(value_name = "MOUNTPOINT", num_args = 0..=2)]
+    positional: Vec<PathBuf>,
+}
+
+fn config(cli: Cli) -> Result<Config, String> {
+    let mut cfg = Config::default();
+    for o in &cli.opts {
+        apply_opts(&mut cfg, o)?;
+    }
+    cfg.lowers.extend(cli.lower);
+    if cli.upper.is_some() {
+        cfg.upper = cli.upper;
+    }
+    if cli.workdir.is_some() {
+        cfg.workdir = cli.workdir;
+    }
+    cfg.foreground |= cli.foreground || cli.debug;
+    cfg.debug |= cli.debug;
+    if let Some(t) = cli.threads {
+        cfg.threads = t;
+    }
+    match cli.positional.as_slice() {
+        [mp] => cfg.mountpoint = mp.clone(),
+        [src, mp] => {
+            cfg.fsname.get_or_insert_with(|| src.to_string_lossy().into_owned());
+            cfg.mountpoint = mp.clone();
+        }
+        _ => {}
+    }
+    finish(&cfg)?;
+    Ok(cfg)
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if cli.version {
+        println!("strata version {}", env!("CARGO_PKG_VERSION"));
+        return;
+    }
+    let cfg = match config(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("strata: {e}");
+            std::process::exit(1);
+        }
+    };
+    for u in &cfg.unknown {
+        eprintln!("strata: warning: ignoring unknown option '{u}'");
+    }
+    if let Err(e) = strata::mount::run(cfg) {
+        eprintln!("strata: {e}");
+        std::process::exit(1);
+    }
+}

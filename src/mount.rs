@@ -1,0 +1,444 @@
+//! The mounted union (the "superblock"): checking and opening the layers and the work
+//! dir, and the life of the mount: daemonizing, serving, unmounting on signals.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use rustix::fs::FileType;
+
+use crate::config::Config;
+use crate::copy_up::Work;
+use crate::file::Handles;
+use crate::inode::{InodeTable, State};
+use crate::layer::{Layer, Listings};
+
+/// How many lower-layer directory listings are kept.
+const LISTED_DIRS: usize = 16384;
+use crate::readdir::DirHandles;
+use crate::whiteout::{self, Forms};
+
+pub struct Union {
+    pub cfg: Config,
+    /// The stack, top first: index 0 is the upper layer when there is one.
+    pub layers: Vec<Layer>,
+    pub forms: Vec<Forms>,
+    pub has_upper: bool,
+    pub work: Option<Work>,
+    pub table: InodeTable,
+    pub files: Handles,
+    pub dirs: DirHandles,
+    /// Held shared by operations that resolve or create names (and across copy-ups),
+    /// exclusively by renames, which move whole subtrees of paths. Shared holders take
+    /// it with `read_recursive`, which does not queue behind a waiting rename, so a long
+    /// copy-up delays renames only, never lookups elsewhere.
+    pub ns: RwLock<()>,
+    pub ttl: Duration,
+    /// Kept listings of lower-layer directories.
+    pub listings: Listings,
+    /// FUSE passthrough negotiated with the kernel (and still working).
+    pub passthrough: AtomicBool,
+}
+
+fn canonical(p: &Path) -> Result<PathBuf, String> {
+    std::fs::canonicalize(p).map_err(|e| format!("{}: {}", p.display(), e))
+}
+
+fn nested(a: &Path, b: &Path) -> bool {
+    a.starts_with(b) || b.starts_with(a)
+}
+
+impl Union {
+    /// Checks the configuration and opens everything. Errors name the path and reason.
+    pub fn new(cfg: Config) -> Result<Union, String> {
+        if cfg.lowers.is_empty() {
+            return Err("no lower layer given (use -o lowerdir=DIR[:DIR...] or --lower DIR)".into());
+        }
+        let mut layers = Vec::new();
+        let mut canon = Vec::new();
+        let upper = if cfg.read_only { None } else { cfg.upper.clone() };
+        if let Some(u) = &upper {
+            layers.push(Layer::open(0, true, u).map_err(|e| format!("upper layer {e}"))?);
+            canon.push(canonical(u)?);
+            let vfs = rustix::fs::fstatvfs(layers[0].root()).map_err(|e| format!("{}: {}", u.display(), e))?;
+            if vfs.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY) {
+                return Err(format!("upper layer {}: on a read-only filesystem", u.display()));
+            }
+        }
+        for l in &cfg.lowers {
+            let i = layers.len();
+            layers.push(Layer::open(i, false, l).map_err(|e| format!("lower layer {e}"))?);
+            let c = canonical(l)?;
+            let same_dir = upper.is_some() && layers[0].same_dir_as(&layers[i]);
+            if let Some(u) = upper.as_ref().filter(|_| same_dir || nested(&canon[0], &c)) {
+                return Err(format!(
+                    "upper layer {} and lower layer {} are the same directory or nested in each other",
+                    u.display(),
+                    l.display()
+                ));
+            }
+            canon.push(c);
+        }
+        let mp = canonical(&cfg.mountpoint).map_err(|e| format!("mount point {e}"))?;
+        if !mp.is_dir() {
+            return Err(format!("mount point {}: not a directory", cfg.mountpoint.display()));
+        }
+        for (c, l) in canon.iter().zip(&layers) {
+            if mp.starts_with(c) {
+                return Err(format!(
+                    "mount point {} is inside layer {}",
+                    cfg.mountpoint.display(),
+                    l.path.display()
+                ));
+            }
+        }
+        let work = match &upper {
+            Some(u) => Some(open_work(&cfg, u, &layers[0], &canon)?),
+            None => None,
+        };
+        let forms: Vec<Forms> = layers
+            .iter()
+            .map(|l| Forms::for_layer(l.is_upper, cfg.whiteout_form))
+            .collect();
+        // The root merges every layer down to the first opaque root.
+        let mut root_layers = Vec::new();
+        for (i, l) in layers.iter().enumerate() {
+            root_layers.push(i);
+            if whiteout::is_opaque(l.root(), forms[i]).unwrap_or(false) {
+                break;
+            }
+        }
+        let table = InodeTable::new(State {
+            kind: FileType::Directory,
+            layers: root_layers,
+        });
+        for (ud, ui, ld, li) in work.as_ref().map(|w| w.index_origins()).unwrap_or_default() {
+            let id = table.ino_for(ld, li);
+            table.record_origin(ud, ui, id);
+        }
+        let ttl = cfg.timeout;
+        Ok(Union {
+            has_upper: upper.is_some(),
+            cfg,
+            layers,
+            forms,
+            work,
+            table,
+            files: Handles::default(),
+            dirs: DirHandles::default(),
+            ns: RwLock::new(()),
+            ttl,
+            passthrough: AtomicBool::new(false),
+            listings: Listings::new(LISTED_DIRS),
+        })
+    }
+
+    pub fn upper(&self) -> Option<&Layer> {
+        self.layers.first().filter(|l| l.is_upper)
+    }
+
+    /// First lower layer index.
+    pub fn first_lower(&self) -> usize {
+        usize::from(self.has_upper)
+    }
+}
+
+/// Opens (creating when needed) the staging dir, on the upper's filesystem, and cleans
+/// what an interrupted earlier mount left in it.
+fn open_work(cfg: &Config, upper: &Path, ul: &Layer, canon: &[PathBuf]) -> Result<Work, String> {
+    let ucanon = &canon[0];
+    let dir = match &cfg.workdir {
+        Some(w) => {
+            let wc = canonical(w).map_err(|e| format!("work dir {e}"))?;
+            if let Some((c, l)) = canon[1..].iter().zip(&cfg.lowers).find(|(c, _)| nested(&wc, c)) {
+                return Err(format!(
+                    "work dir {} and lower layer {} ({}) are the same directory or nested in each other",
+                    w.display(),
+                    l.display(),
+                    c.display()
+                ));
+            }
+            if nested(&wc, ucanon) {
+                return Err(format!(
+                    "work dir {} and upper layer {} are the same directory or nested in each other",
+                    w.display(),
+                    upper.display()
+                ));
+            }
+            let st = std::fs::metadata(&wc).map_err(|e| format!("work dir {}: {}", w.display(), e))?;
+            use std::os::unix::fs::MetadataExt;
+            if !st.is_dir() {
+                return Err(format!("work dir {}: not a directory", w.display()));
+            }
+            if st.dev() != ul.dev {
+                return Err(format!(
+                    "work dir {} is on a different filesystem than upper layer {}",
+                    w.display(),
+                    upper.display()
+                ));
+            }
+            for e in std::fs::read_dir(&wc).map_err(|e| format!("work dir {}: {}", w.display(), e))? {
+                let e = e.map_err(|e| format!("work dir {}: {}", w.display(), e))?;
+                let n = e.file_name();
+                // `work` and `incompat` are what the kernel's overlayfs and fuse-overlayfs
+                // leave in a work dir: a container store may switch between them.
+                if !Work::is_ours(&n) && n != "work" && n != "incompat" {
+                    return Err(format!(
+                        "work dir {} is neither empty nor a work dir of strata or overlayfs (it holds {:?})",
+                        w.display(),
+                        n
+                    ));
+                }
+            }
+            wc
+        }
+        None => {
+            let d = upper.join(whiteout::WORK_IN_UPPER);
+            match crate::copy_up::private_dir(&d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(format!("work dir {}: {}", d.display(), e)),
+            }
+            d
+        }
+    };
+    Work::open(&dir).map_err(|e| format!("work dir {}: {}", dir.display(), e))
+}
+
+fn init_logging(debug: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.is_empty() => EnvFilter::new(v),
+        _ if debug => EnvFilter::new("strata=debug,fuser=info"),
+        // fuser's own warnings at unmount (a reply to a request the kernel dropped, an
+        // unmount already done) are noise for a user; RUST_LOG=fuser=warn shows them.
+        _ => EnvFilter::new("warn,fuser=off"),
+    };
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn fuse_config(u: &Union) -> fuser::Config {
+    use fuser::MountOption as O;
+    let cfg = &u.cfg;
+    let mut c = fuser::Config::default();
+    let fsname = cfg.fsname.clone().unwrap_or_else(|| "strata".into());
+    c.mount_options = vec![O::FSName(fsname), O::Subtype("strata".into())];
+    if cfg.default_permissions {
+        c.mount_options.push(O::DefaultPermissions);
+    }
+    if !u.has_upper {
+        c.mount_options.push(O::RO);
+    }
+    if rustix::process::geteuid().is_root() {
+        c.mount_options.extend([O::Dev, O::Suid]);
+    }
+    // Mounted by root (a system or container mount), every user of the system may use
+    // it, with the kernel checking permissions, as fuse-overlayfs does.
+    if cfg.allow_other || rustix::process::geteuid().is_root() {
+        c.acl = fuser::SessionACL::All;
+    }
+    let threads = if cfg.threads > 0 {
+        cfg.threads
+    } else {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .clamp(2, 8)
+    };
+    c.n_threads = Some(threads);
+    c.clone_fd = true;
+    c
+}
+
+/// Mounts and serves until unmounted. Without `foreground`, returns (in the parent
+/// process) only once the mount is live, with the daemon serving in the background.
+pub fn run(cfg: Config) -> Result<(), String> {
+    init_logging(cfg.debug);
+    // Files are created with exactly the mode asked for.
+    rustix::process::umask(rustix::fs::Mode::empty());
+    // Every open file of the mount holds an fd here, plus kept directories.
+    let mut nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    if nofile.current < nofile.maximum {
+        nofile.current = nofile.maximum;
+        let _ = rustix::process::setrlimit(rustix::process::Resource::Nofile, nofile);
+    }
+    let union = Union::new(cfg)?;
+    if union.cfg.foreground {
+        return serve(union, None);
+    }
+    let (rd, wr) = rustix::pipe::pipe().map_err(|e| format!("pipe: {e}"))?;
+    // SAFETY: no other thread exists yet in this process (nothing above spawns one), so
+    // the child starts from a consistent copy of the whole address space.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(format!("fork: {}", std::io::Error::last_os_error()));
+    }
+    if pid > 0 {
+        drop(wr);
+        let mut msg = String::new();
+        let _ = std::fs::File::from(rd).read_to_string(&mut msg);
+        return match msg.strip_prefix("ok") {
+            Some(_) => Ok(()),
+            None if msg.is_empty() => Err("the mount daemon exited before the mount was live".into()),
+            None => Err(msg.trim_end().to_string()),
+        };
+    }
+    drop(rd);
+    let _ = rustix::process::setsid();
+    let res = serve(union, Some(wr));
+    std::process::exit(if res.is_ok() { 0 } else { 1 });
+}
+
+fn serve(union: Union, notify: Option<OwnedFd>) -> Result<(), String> {
+    let mountpoint = union.cfg.mountpoint.clone();
+    let fsname = union.cfg.fsname.clone().unwrap_or_else(|| "strata".into());
+    let config = fuse_config(&union);
+    let signals = block_signals();
+    let fs = crate::fs::StrataFs::new(union);
+    let mounted = if rustix::process::geteuid().is_root() {
+        mount_fuse(fs, &mountpoint, &fsname, &config)
+    } else {
+        fuser::Session::new(fs, &mountpoint, &config).map(|s| (s, false))
+    };
+    let (mut session, own_mount) = match mounted {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = format!("mounting on {}: {}", mountpoint.display(), e);
+            if let Some(n) = notify {
+                let _ = std::fs::File::from(n).write_all(msg.as_bytes());
+            }
+            return Err(msg);
+        }
+    };
+    tracing::info!("mounted on {}", mountpoint.display());
+    if let Some(n) = notify {
+        detach_stdio();
+        let _ = std::fs::File::from(n).write_all(b"ok");
+    }
+    let mut unmounter = session.unmount_callable();
+    let mp = mountpoint.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            wait_signal(&signals);
+            tracing::info!("signal received: unmounting");
+            let r = if own_mount {
+                rustix::mount::unmount(&mp, rustix::mount::UnmountFlags::DETACH).map_err(std::io::Error::from)
+            } else {
+                unmounter.unmount()
+            };
+            if let Err(e) = r {
+                tracing::warn!("unmount: {e}");
+            }
+            // Detached, the mount lives on while files in it are open. Everything written
+            // is already in the upper, so after a short grace (or at a second signal)
+            // the daemon ends; open files then fail with ENOTCONN.
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                wait_signal(&signals);
+                let _ = tx.send(());
+            });
+            let _ = rx.recv_timeout(std::time::Duration::from_secs(2));
+            tracing::info!("files still open in the detached mount: exiting");
+            std::process::exit(0);
+        })
+        .map_err(|e| format!("spawning signal thread: {e}"))?;
+    match session.run() {
+        // The kernel ends a connection with ENODEV, or with ECONNABORTED when it was
+        // torn down under a worker (seen after a lazy unmount once the last open file
+        // closes, or an abort through /sys/fs/fuse/connections). Either way the mount
+        // is gone and everything written is already in the upper.
+        Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
+            tracing::info!("connection to {} aborted by the kernel: exiting", mountpoint.display());
+            Ok(())
+        }
+        r => r.map_err(|e| format!("serving {}: {}", mountpoint.display(), e)),
+    }
+}
+
+/// Mounts the FUSE connection itself, as filesystem type `fuse.strata` (so that the
+/// mount table, findmnt and `umount -t` know it), then takes the kernel's INIT.
+/// Returns the session and whether strata owns the mount (true here).
+fn mount_fuse(
+    fs: crate::fs::StrataFs,
+    mountpoint: &Path,
+    fsname: &str,
+    config: &fuser::Config,
+) -> std::io::Result<(fuser::Session<crate::fs::StrataFs>, bool)> {
+    use rustix::mount::{mount, unmount, MountFlags, UnmountFlags};
+    let dev = rustix::fs::open(
+        "/dev/fuse",
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    let root = rustix::fs::stat(mountpoint)?;
+    let mut data = format!(
+        "fd={},rootmode={:o},user_id=0,group_id=0",
+        std::os::fd::AsRawFd::as_raw_fd(&dev),
+        root.st_mode & libc::S_IFMT
+    );
+    let mut flags = MountFlags::empty();
+    for o in &config.mount_options {
+        match o {
+            fuser::MountOption::DefaultPermissions => data.push_str(",default_permissions"),
+            fuser::MountOption::RO => flags |= MountFlags::RDONLY,
+            _ => {}
+        }
+    }
+    if config.acl != fuser::SessionACL::Owner {
+        data.push_str(",allow_other");
+    }
+    let data = std::ffi::CString::new(data).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+    mount(fsname, mountpoint, "fuse.strata", flags, Some(data.as_c_str()))?;
+    match fuser::Session::from_fd(fs, dev, config.acl, config.clone()) {
+        Ok(s) => Ok((s, true)),
+        Err(e) => {
+            let _ = unmount(mountpoint, UnmountFlags::DETACH);
+            Err(e)
+        }
+    }
+}
+
+/// Points stdin, stdout and stderr at /dev/null so a caller waiting for them to close
+/// (as container runtimes do) is released.
+fn detach_stdio() {
+    if let Ok(null) = rustix::fs::open("/dev/null", rustix::fs::OFlags::RDWR, rustix::fs::Mode::empty()) {
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors; `null` stays owned by us.
+            unsafe {
+                libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null.as_fd()), fd);
+            }
+        }
+    }
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP in this thread and all threads it spawns, so that
+/// they are only ever taken by `wait_signal`.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: plain libc calls on a local, zero-initialised sigset_t.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_signal(set: &libc::sigset_t) {
+    let mut sig = 0;
+    // SAFETY: `set` is an initialised sigset_t, `sig` a valid out-pointer.
+    unsafe {
+        libc::sigwait(set, &mut sig);
+    }
+}

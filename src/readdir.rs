@@ -1,0 +1,189 @@
+//! Merged directory listings. A listing is taken once per open directory handle (at
+//! the first read) and served from that snapshot, so offsets stay valid across
+//! seekdir/telldir while entries are created and removed. Each visible name appears
+//! once; whiteouts, opaque markers and everything below an opaque directory are hidden.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rustix::fs::FileType;
+use rustix::io::Errno;
+
+use std::path::Path;
+
+use crate::inode::{Node, State};
+use crate::layer::{self, ListEntry, Result};
+use crate::mount::Union;
+use crate::whiteout;
+
+pub struct DirEntry {
+    pub name: OsString,
+    pub ino: u64,
+    pub kind: FileType,
+}
+
+/// An open directory: its node and, once read, the snapshot of its listing.
+pub struct DirHandle {
+    pub node: Arc<Node>,
+    pub entries: Mutex<Option<Arc<Vec<DirEntry>>>>,
+}
+
+#[derive(Default)]
+pub struct DirHandles {
+    map: Mutex<HashMap<u64, Arc<DirHandle>>>,
+    next: AtomicU64,
+}
+
+impl DirHandles {
+    pub fn insert(&self, node: Arc<Node>) -> u64 {
+        let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        self.map.lock().insert(
+            fh,
+            Arc::new(DirHandle {
+                node,
+                entries: Mutex::new(None),
+            }),
+        );
+        fh
+    }
+
+    pub fn get(&self, fh: u64) -> Result<Arc<DirHandle>> {
+        self.map.lock().get(&fh).cloned().ok_or(Errno::BADF)
+    }
+
+    pub fn remove(&self, fh: u64) {
+        self.map.lock().remove(&fh);
+    }
+}
+
+impl Union {
+    /// The merged listing of a directory node, `.` and `..` first.
+    /// The caller holds `ns` (shared or exclusive).
+    pub fn list_dir(&self, node: &Node) -> Result<Vec<DirEntry>> {
+        let path = node.path()?;
+        let mut list = self.list_merged(&node.state(), &path, node.ino)?;
+        list[1].ino = match path.parent() {
+            Some(pp) => self.dir_ino(pp).unwrap_or(node.ino),
+            None => node.ino, // the mount root: its parent lies outside
+        };
+        Ok(list)
+    }
+
+    /// The node id of the merged directory at `path` (from its top-most copy).
+    fn dir_ino(&self, path: &Path) -> Result<u64> {
+        if path.as_os_str().is_empty() {
+            return Ok(crate::inode::ROOT_ID);
+        }
+        for layer in &self.layers {
+            if let Some(st) = layer.stat(path)? {
+                if layer::file_type(&st) == FileType::Directory {
+                    return Ok(self.ino_of(&st));
+                }
+            }
+        }
+        Err(Errno::NOENT)
+    }
+
+    /// The merged listing of the directory at `path` spanning `st.layers`.
+    pub fn list_merged(&self, st: &State, path: &Path, ino: u64) -> Result<Vec<DirEntry>> {
+        if st.kind != FileType::Directory {
+            return Err(Errno::NOTDIR);
+        }
+        let mut out = vec![
+            DirEntry {
+                name: ".".into(),
+                ino,
+                kind: FileType::Directory,
+            },
+            DirEntry {
+                name: "..".into(),
+                ino,
+                kind: FileType::Directory,
+            },
+        ];
+        let mut seen: HashSet<OsString> = HashSet::new();
+        for &l in &st.layers {
+            let forms = self.forms[l];
+            let layer = &self.layers[l];
+            // The upper is read afresh; lower listings are kept.
+            let (fresh, kept);
+            let entries: Vec<(&OsStr, FileType, u64, Option<&ListEntry>)> = if layer.is_upper {
+                let Some(dir) = layer.dir(path)? else { continue };
+                fresh = layer::read_dir(dir.as_fd())?;
+                fresh.iter().map(|(n, k, i)| (n.as_os_str(), *k, *i, None)).collect()
+            } else {
+                let Some(list) = self.listings.get(layer, path)? else {
+                    continue;
+                };
+                kept = list;
+                kept.entries
+                    .iter()
+                    .map(|e| (e.name.as_os_str(), e.kind, e.ino, Some(e)))
+                    .collect()
+            };
+            let mut hidden = Vec::new();
+            for (name, mut kind, d_ino, cached) in entries {
+                if whiteout::is_reserved(name) {
+                    if forms.aufs {
+                        if let Some(h) = whiteout::hidden_name(name) {
+                            hidden.push(h.to_os_string());
+                        }
+                    }
+                    continue;
+                }
+                if seen.contains(name) {
+                    continue;
+                }
+                let mut dev = layer.dev;
+                let mut ino = d_ino;
+                if kind == FileType::Unknown || (forms.overlay && kind == FileType::CharacterDevice) {
+                    let s = match cached {
+                        Some(e) => e.stat(layer, path)?,
+                        None => match layer.stat(&path.join(name))? {
+                            Some(s) => s,
+                            None => continue,
+                        },
+                    };
+                    if forms.overlay && whiteout::is_overlay_whiteout(&s) {
+                        seen.insert(name.to_os_string());
+                        continue;
+                    }
+                    kind = layer::file_type(&s);
+                    dev = s.st_dev;
+                    ino = s.st_ino;
+                }
+                out.push(DirEntry {
+                    name: name.to_os_string(),
+                    ino: self.table.ino_for(dev, ino),
+                    kind,
+                });
+                seen.insert(name.to_os_string());
+            }
+            seen.extend(hidden);
+        }
+        Ok(out)
+    }
+
+    /// The listing of an open directory handle, taken at its first read (offset 0
+    /// re-reads it, as rewinddir does).
+    pub fn dir_snapshot(&self, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>> {
+        let h = self.dirs.get(fh)?;
+        let mut cur = h.entries.lock();
+        if let (Some(e), true) = (cur.as_ref(), offset > 0) {
+            return Ok(e.clone());
+        }
+        let _ns = self.ns.read_recursive();
+        let e = Arc::new(self.list_dir(&h.node)?);
+        *cur = Some(e.clone());
+        Ok(e)
+    }
+
+    /// True when no name is visible in the merged directory.
+    pub fn dir_is_empty(&self, st: &State, path: &Path) -> Result<bool> {
+        Ok(self.list_merged(st, path, 0)?.len() <= 2)
+    }
+}

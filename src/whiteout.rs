@@ -1,0 +1,117 @@
+//! Whiteout and opaque-directory formats, and the reserved-name rule.
+//!
+//! Written (upper only), AUFS form: an empty regular file `.wh.NAME` hides NAME below;
+//! an empty regular file `.wh..wh..opq` inside a directory hides everything below it.
+//! Read in lowers: the AUFS form and the overlayfs form (a character device 0/0 named
+//! NAME; `trusted.overlay.opaque` or `user.overlay.opaque` = `y` on a directory).
+//! Names starting with `.wh.` are reserved: never visible, never creatable.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::BorrowedFd;
+use std::os::unix::ffi::OsStrExt;
+
+use rustix::fs::{FileType, Stat};
+
+use crate::config::WhiteoutForm;
+use crate::layer::{self, Result};
+
+pub const PREFIX: &str = ".wh.";
+pub const OPAQUE: &str = ".wh..wh..opq";
+/// Default staging directory inside the upper when no `workdir` is given.
+pub const WORK_IN_UPPER: &str = ".wh..wh.work";
+
+/// True for names that can never appear in, or be created through, the mount.
+pub fn is_reserved(name: &OsStr) -> bool {
+    name.as_bytes().starts_with(PREFIX.as_bytes())
+}
+
+/// `.wh.NAME`
+pub fn whiteout_name(name: &OsStr) -> OsString {
+    let mut s = OsString::from(PREFIX);
+    s.push(name);
+    s
+}
+
+/// The NAME a whiteout file `.wh.NAME` hides (`None` for the opaque marker and the
+/// other `.wh..wh.` meta names).
+pub fn hidden_name(wh: &OsStr) -> Option<&OsStr> {
+    let rest = wh.as_bytes().strip_prefix(PREFIX.as_bytes())?;
+    if rest.starts_with(PREFIX.as_bytes()) || rest.is_empty() {
+        return None;
+    }
+    Some(OsStr::from_bytes(rest))
+}
+
+/// An overlayfs-style whiteout: a character device with device number 0/0.
+pub fn is_overlay_whiteout(st: &Stat) -> bool {
+    FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice && st.st_rdev == 0
+}
+
+/// How a layer marks things, given its position and the configured forms.
+#[derive(Clone, Copy)]
+pub struct Forms {
+    pub aufs: bool,
+    pub overlay: bool,
+}
+
+impl Forms {
+    pub fn for_layer(is_upper: bool, form: WhiteoutForm) -> Forms {
+        if is_upper {
+            // In the upper only the AUFS form is a marker.
+            return Forms {
+                aufs: true,
+                overlay: false,
+            };
+        }
+        match form {
+            WhiteoutForm::Both => Forms {
+                aufs: true,
+                overlay: true,
+            },
+            WhiteoutForm::Aufs => Forms {
+                aufs: true,
+                overlay: false,
+            },
+            WhiteoutForm::Overlay => Forms {
+                aufs: false,
+                overlay: true,
+            },
+        }
+    }
+}
+
+/// Whether NAME is whited out in directory `dir` of a layer (the entry itself is
+/// absent, or is an overlayfs whiteout device).
+pub fn has_whiteout(dir: BorrowedFd<'_>, name: &OsStr, forms: Forms) -> Result<bool> {
+    if !forms.aufs {
+        return Ok(false);
+    }
+    Ok(layer::stat_at(dir, &whiteout_name(name))?.is_some())
+}
+
+/// Whether the directory open as `dir` is opaque (hides everything in lower layers).
+pub fn is_opaque(dir: BorrowedFd<'_>, forms: Forms) -> Result<bool> {
+    if forms.aufs && layer::stat_at(dir, OsStr::new(OPAQUE))?.is_some() {
+        return Ok(true);
+    }
+    if forms.overlay {
+        for attr in ["trusted.overlay.opaque", "user.overlay.opaque"] {
+            let mut v = [0u8; 4];
+            if let Ok(n) = rustix::fs::fgetxattr(dir, attr, &mut v[..]) {
+                if n >= 1 && v[0] == b'y' {
+                    return Ok(true);
+                }
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// True for xattrs that are markers of the layer format, never shown through the mount.
+pub fn is_internal_xattr(name: &OsStr) -> bool {
+    let b = name.as_bytes();
+    b.starts_with(b"trusted.overlay.")
+        || b.starts_with(b"user.overlay.")
+        || b.starts_with(b"user.strata.")
+        || b.starts_with(b"trusted.strata.")
+}
