@@ -310,6 +310,20 @@ fn serve(union: Union, notify: Option<OwnedFd>) -> Result<(), String> {
     };
     let (mut session, own_mount) = match mounted {
         Ok(s) => s,
+        // The kernel ends the connection with ENODEV when the mount goes away: unmounted
+        // before the daemon read its first request (a caller that unmounts at once).
+        // That is an unmount like any other, not a failure to mount.
+        Err(e) if e.kind() == std::io::ErrorKind::NotConnected => {
+            tracing::info!(
+                "{} was unmounted before its first request: exiting",
+                mountpoint.display()
+            );
+            if let Some(n) = notify {
+                detach_stdio();
+                let _ = std::fs::File::from(n).write_all(b"ok");
+            }
+            return Ok(());
+        }
         Err(e) => {
             let msg = format!("mounting on {}: {}", mountpoint.display(), e);
             if let Some(n) = notify {
@@ -398,6 +412,14 @@ fn mount_fuse(
     }
     let data = std::ffi::CString::new(data).map_err(|_| std::io::ErrorKind::InvalidInput)?;
     mount(fsname, mountpoint, "fuse.strata", flags, Some(data.as_c_str()))?;
+    // Fault injection for the tests: hold the daemon between its mount and its first
+    // read of the connection.
+    if let Some(ms) = std::env::var("STRATA_TEST_PAUSE_BEFORE_INIT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
     match fuser::Session::from_fd(fs, dev, config.acl, config.clone()) {
         Ok(s) => Ok((s, true)),
         Err(e) => {

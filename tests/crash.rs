@@ -208,7 +208,7 @@ fn sigkill_during_large_copy_up_leaves_old_or_complete_file() {
         copy_time = t0.elapsed();
         assert_eq!(stage.load(Ordering::SeqCst), CLOSED);
         assert_eq!(classify_big(&s.m("big"), 12345), BigContent::WithMark);
-        assert!(m.unmount().success());
+        m.finish();
     }
     eprintln!("uninterrupted copy-up and write: {copy_time:?}");
 
@@ -266,7 +266,7 @@ fn sigkill_during_large_copy_up_leaves_old_or_complete_file() {
             );
         }
         assert_upper_refs_ok(&s);
-        assert!(m.unmount().success());
+        m.finish();
         let l = fs::metadata(s.l(0, "big")).unwrap();
         assert_eq!(
             (l.len(), l.modified().unwrap()),
@@ -358,7 +358,7 @@ fn sigkill_during_directory_rename_shows_old_or_new_tree() {
         rename_time = t0.elapsed();
         assert!(!exists(s.m("d")));
         tree_complete(&s, "e", &rels).unwrap();
-        assert!(m.unmount().success());
+        m.finish();
     }
     eprintln!(
         "uninterrupted rename of a tree of {} files: {rename_time:?}",
@@ -419,7 +419,7 @@ fn sigkill_during_directory_rename_shows_old_or_new_tree() {
             ),
         }
         assert_eq!(read(s.m("other")), "x");
-        assert!(m.unmount().success());
+        m.finish();
         assert_upper_refs_ok(&s);
     }
     assert_eq!(snapshot(s.lower(0)), lower_before, "the lower layer changed");
@@ -448,11 +448,11 @@ fn state_between_whiteout_and_rename_shows_the_old_tree() {
     fs::rename(s.m("d"), s.m("e")).unwrap();
     assert_eq!(names(&s.mnt), ["e"]);
     tree_complete(&s, "e", &rels).unwrap();
-    assert!(m.unmount().success());
+    m.finish();
     let m = s.mount();
     assert_eq!(names(&s.mnt), ["e"]);
     tree_complete(&s, "e", &rels).unwrap();
-    assert!(m.unmount().success());
+    m.finish();
 }
 
 // ---- unlinks leaving whiteouts ----
@@ -507,7 +507,7 @@ fn sigkill_during_unlinks_shows_each_file_or_its_whiteout() {
         assert_eq!(done.load(Ordering::SeqCst), n);
         let dirs: Vec<String> = (0..7).map(|i| format!("a{i}")).collect();
         assert_eq!(names(&s.mnt), dirs);
-        assert!(m.unmount().success());
+        m.finish();
     }
     eprintln!("uninterrupted: {n} unlinks in {total:?}");
 
@@ -554,7 +554,7 @@ fn sigkill_during_unlinks_shows_each_file_or_its_whiteout() {
             }
         }
         eprintln!("round {round}: killed after {delay:?}, {acked} of {n} unlinks acknowledged");
-        assert!(m.unmount().success());
+        m.finish();
         assert_upper_refs_ok(&s);
     }
     assert_eq!(snapshot(s.lower(0)), lower_before, "the lower layer changed");

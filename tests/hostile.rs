@@ -205,7 +205,7 @@ fn symlinks_pointing_out_of_the_layer_are_shown_never_followed_by_the_daemon() {
         let e = e.unwrap();
         assert!(e.path().starts_with(&s.mnt), "{}", e.path().display());
     }
-    assert!(m.unmount().success());
+    m.finish();
     // In the upper: links with their targets, nothing else.
     for n in ["abs", "etc", "absdir", "passwd", "passwd-link", "moved-rel"] {
         let md = fs::symlink_metadata(s.u(n)).unwrap_or_else(|e| panic!("upper {n}: {e}"));
@@ -252,7 +252,7 @@ fn escaping_symlinks_resolved_as_in_a_container_write_into_the_upper() {
     File::from(fd).read_to_string(&mut c).unwrap();
     assert_eq!(c, "container passwd");
     drop(root);
-    assert!(m.unmount().success());
+    m.finish();
     assert!(!exists("/etc/strata-hostile-x") && !exists("/etc/strata-hostile-y"));
     assert_eq!(snapshot(s.lower(0)), lower_before, "the lower layer changed");
     out.assert_untouched();
@@ -278,7 +278,7 @@ fn symlink_below_a_directory_of_the_same_name_is_not_merged() {
     fs::create_dir(s.m("d/sub")).unwrap();
     assert_eq!(read(s.u("d/secret")), "upper");
     assert_eq!(read(s.u("e/passwd")), "upper");
-    assert!(m.unmount().success());
+    m.finish();
     out.assert_untouched();
 }
 
@@ -434,7 +434,7 @@ fn layer_dirs_swapped_for_symlinks_behind_the_mount_are_not_followed() {
         setxattr(&s.m("file"), "user.strata-test", b"v").err(),
     ));
     eprintln!("results (errno or None for success): {seen:?}");
-    assert!(m.unmount().success());
+    m.finish();
     out.assert_untouched();
     assert!(!exists("/etc/strata-hostile-new") && !exists("/etc/strata-hostile-dir"));
     // Whatever was written, it is in the upper.
@@ -463,7 +463,7 @@ fn chmod_of_a_lower_file_swapped_for_a_symlink_does_not_follow_it() {
     symlink(canary.join("secret"), s.l(0, "file")).unwrap();
     let r = fs::set_permissions(s.m("file"), fs::Permissions::from_mode(0o600));
     eprintln!("chmod through the mount: {r:?}");
-    assert!(m.unmount().success());
+    m.finish();
     assert_eq!(
         mode_of(&canary.join("secret")),
         0o666,
@@ -525,7 +525,7 @@ fn hard_links_in_a_lower_including_to_a_file_outside_it() {
     fs::hard_link(s.m("outside"), s.m("outside2")).unwrap();
     fs::remove_file(s.m("outside")).unwrap();
     assert_eq!(read(s.m("outside2")), "can");
-    assert!(m.unmount().success());
+    m.finish();
     assert_eq!(snapshot(s.lower(0)), lower_before, "the lower layer changed");
     out.assert_untouched();
     assert_eq!(fs::metadata(canary.join("secret")).unwrap().ino(), out_ino);
@@ -576,7 +576,7 @@ fn device_nodes_fifos_and_sockets_in_a_lower() {
     // New nodes through the mount.
     mknod(&s.m("newchr"), libc::S_IFCHR | 0o600, libc::makedev(1, 7)).unwrap();
     mknod(&s.m("whiteout-like"), libc::S_IFCHR | 0o600, 0).unwrap();
-    assert!(m.unmount().success());
+    m.finish();
     let u = |n: &str| fs::symlink_metadata(s.u(n)).unwrap();
     assert!(u("zero").file_type().is_char_device() && u("zero").rdev() == libc::makedev(1, 5));
     assert_eq!(u("zero").mode() & 0o7777, 0o600);
@@ -702,7 +702,7 @@ fn odd_names_in_a_lower_round_trip() {
         assert_eq!(listed(d), want);
     };
     check(&d);
-    assert!(m.unmount().success());
+    m.finish();
     // What lands in the upper: the exact bytes of every name, and their whiteouts.
     for (i, n) in names_.iter().enumerate() {
         if op(i, n) != 2 {
@@ -752,7 +752,7 @@ fn odd_names_created_through_the_mount_round_trip() {
         want.sort();
         assert_eq!(listed(&sub), want);
     }
-    assert!(m.unmount().success());
+    m.finish();
     let m = s.mount();
     for n in &names_ {
         let sub = d.join(os(&renamed(n)));
@@ -762,7 +762,7 @@ fn odd_names_created_through_the_mount_round_trip() {
         fs::remove_dir(&sub).unwrap_or_else(|e| panic!("rmdir {:?}: {e}", renamed(n)));
     }
     assert!(listed(&d).is_empty());
-    assert!(m.unmount().success());
+    m.finish();
     assert_eq!(
         names(s.u("d")),
         Vec::<String>::new(),
@@ -791,7 +791,7 @@ fn names_of_255_bytes_through_the_mount_and_256_refused() {
     fs::remove_file(s.m(&d255).join(&n255)).unwrap();
     fs::remove_dir(s.m(&d255)).unwrap();
     assert!(names(&s.mnt).is_empty());
-    assert!(m.unmount().success());
+    m.finish();
     assert!(names(&s.upper).is_empty());
 }
 
@@ -951,7 +951,7 @@ fn tree_at_path_max_inside_the_layer() {
     rfs::unlinkat(&d, "sub", AtFlags::REMOVEDIR).unwrap();
     assert_eq!(list_at(&d), [leaf.clone()]);
     drop(d);
-    assert!(m.unmount().success());
+    m.finish();
     let u = walk(&s.upper, &comps).unwrap();
     assert_eq!(read_at(&u, &leaf).unwrap(), b"deep lower+w");
     let l = walk(s.lower(0), &comps).unwrap();
@@ -1165,7 +1165,7 @@ fn broken_configurations_are_refused_with_a_message_naming_the_path() {
     assert_eq!(names(tmpfs.0.join("work")), Vec::<String>::new());
     // And the same stack mounts fine once the options are right.
     let m = s.mount();
-    assert!(m.unmount().success());
+    m.finish();
 }
 
 /// The same directory given as upper and lower through two different paths (a bind
@@ -1348,7 +1348,7 @@ fn unprivileged_users_get_the_permission_checks_of_ext4() {
     write(s.m("pub/roots"), "r");
     assert!(!nobody(&[OsStr::new("rm"), OsStr::new("-f"), &a("pub/roots")]));
     assert!(exists(s.m("pub/roots")));
-    assert!(m.unmount().success());
+    m.finish();
 }
 
 /// The set-user-id bit (and set-group-id with group execute) of a file goes when a user
@@ -1423,7 +1423,7 @@ fn setuid_is_dropped_when_a_non_owner_writes_as_on_ext4() {
         .write_all(b"y")
         .unwrap();
     assert_eq!(mode_of(&own), 0o4755);
-    assert!(m.unmount().success());
+    m.finish();
 }
 
 /// ext4 drops set-group-id without group execute too when the writer is neither in
@@ -1535,7 +1535,7 @@ fn whiteout_names_cannot_be_created_linked_or_renamed_to() {
     );
     assert_eq!(names(&s.mnt), ["f", "lowdir", "mvdir", "pub", "updir"]);
     assert_eq!(names(s.m("lowdir")), ["g"]);
-    assert!(m.unmount().success());
+    m.finish();
 }
 
 /// A lower layer that carries strata's own marker xattrs (as if crafted to redirect a
@@ -1565,7 +1565,7 @@ fn marker_xattrs_planted_in_a_lower_are_not_obeyed() {
         .unwrap()
         .write_all(b"+")
         .unwrap();
-    assert!(m.unmount().success());
+    m.finish();
     let _m = s.mount();
     assert_eq!(read(s.m("victim")), "own data");
     assert_eq!(read(s.m("esc")), "esc data+");

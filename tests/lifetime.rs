@@ -660,7 +660,7 @@ fn mixed_load(secs: u64, precopy: bool) {
         verify_model(&s.m(&format!("own{t}")), md).unwrap();
     }
     verify_shared(&s, &models);
-    assert!(m.unmount().success());
+    m.finish();
     for (i, before) in lowers_before.iter().enumerate() {
         assert_eq!(&snapshot(s.lower(i)), before, "lower {i} changed");
     }
@@ -728,7 +728,7 @@ fn truncating_write_after_a_metadata_only_copy_is_kept() {
         fs::write(s.m(n), "new").unwrap(); // open(O_WRONLY | O_CREAT | O_TRUNC)
     }
     let now: Vec<String> = names_.iter().map(|n| read(s.m(n))).collect();
-    assert!(m.unmount().success());
+    m.finish();
     let _m = s.mount();
     let after: Vec<String> = names_.iter().map(|n| read(s.m(n))).collect();
     assert_eq!((now, after), (vec!["new".to_string(); 4], vec!["new".to_string(); 4]));
@@ -818,7 +818,7 @@ fn fds_and_memory_come_back_after_the_kernel_forgets() {
         rss2 <= rss0 + 64 * 1024,
         "VmRSS {rss0} KiB at the start, {rss2} at the end"
     );
-    assert!(m.unmount().success());
+    m.finish();
 }
 
 // ---- how the daemon ends ----
@@ -895,6 +895,53 @@ fn fusermount_u_makes_the_daemon_exit_0() {
         .expect("daemon still running 10 s after fusermount3 -u");
     assert!(st.success(), "{st}");
     assert!(!is_mounted(&s.mnt));
+}
+
+/// An unmount that comes before the daemon has read the kernel's first request (a
+/// caller that unmounts the moment the mount shows in the table, on a busy machine)
+/// ends the daemon with exit 0 like any other unmount. `STRATA_TEST_PAUSE_BEFORE_INIT_MS`
+/// holds the daemon between its mount(2) and its first read of the connection, so the
+/// test does not depend on the scheduler.
+#[test]
+fn unmount_before_the_first_request_makes_the_daemon_exit_0() {
+    let s = stack_with_file();
+    for round in 0..3 {
+        let mut child = Command::new(STRATA)
+            .args(["-f", "-o", &s.opts()])
+            .arg(&s.mnt)
+            .env("STRATA_TEST_PAUSE_BEFORE_INIT_MS", "300")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !is_mounted(&s.mnt) {
+            if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "round {round}: strata did not mount: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let st = Command::new("fusermount3").arg("-u").arg(&s.mnt).status().unwrap();
+        assert!(st.success(), "round {round}: fusermount3 -u: {st}");
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "round {round}: strata exited with {} after an early unmount: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(!is_mounted(&s.mnt));
+    // And a mount that is used works as before.
+    let m = s.mount();
+    assert_eq!(read(s.m("f")), read(s.l(0, "f")));
+    m.finish();
 }
 
 #[test]
@@ -1120,7 +1167,7 @@ fn concurrent_first_appends_to_a_lower_file_all_land_in_one_copy() {
             "lower line\n",
             "round {round}: the lower file was written"
         );
-        assert!(m.unmount().success());
+        m.finish();
     }
 }
 
@@ -1179,7 +1226,7 @@ fn listings_during_concurrent_changes_show_each_name_once() {
         listings += n;
         bad.extend(b);
     }
-    assert!(m.unmount().success());
+    m.finish();
     assert!(
         bad.is_empty(),
         "{} of {listings} listings wrong: {:#?}",

@@ -144,6 +144,23 @@ impl Mount {
         self.stop().expect("daemon already gone")
     }
 
+    /// Ends a test's mount: unmounts and asserts that the daemon exited 0, showing
+    /// what it printed otherwise.
+    #[track_caller]
+    pub fn finish(mut self) {
+        let st = self.stop().expect("daemon already gone");
+        if !st.success() {
+            let mut err = String::new();
+            if let Some(mut e) = self.take_stderr() {
+                let _ = e.read_to_string(&mut err);
+            }
+            panic!(
+                "strata on {} exited with {st} after unmount; stderr:\n{err}",
+                self.path.display()
+            );
+        }
+    }
+
     /// The daemon's process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("daemon already reaped").id()
@@ -210,6 +227,7 @@ impl Mount {
             }
         }
         let deadline = Instant::now() + Duration::from_secs(10);
+        self.stderr = child.stderr.take();
         loop {
             if let Some(st) = child.try_wait().unwrap() {
                 return Some(st);
