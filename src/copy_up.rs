@@ -185,6 +185,23 @@ impl Work {
     pub fn discard(&self, name: &OsStr) {
         remove_tree(self.fd(), name);
     }
+
+    /// Puts the staged file `tmp` in the place of the existing `dir/name` atomically.
+    /// An exchange and then an unlink of the old file, not a rename over it: ext4
+    /// writes out all of a file's data when it is renamed over another (auto_da_alloc),
+    /// which doubled the time to complete a large metadata-only copy. The old file,
+    /// left in the staging dir, is removed here, or at the next mount if interrupted.
+    pub fn replace(&self, tmp: &OsStr, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+        match rfs::renameat_with(self.fd(), tmp, dir, name, RenameFlags::EXCHANGE) {
+            Ok(()) => {
+                self.discard(tmp);
+                Ok(())
+            }
+            // No exchange on this filesystem, or nothing to exchange with.
+            Err(Errno::INVAL) | Err(Errno::NOSYS) | Err(Errno::NOENT) => rfs::renameat(self.fd(), tmp, dir, name),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// Whether the open upper file `fd` is a metadata-only copy (its data still below).
@@ -414,7 +431,7 @@ impl Union {
                 rfs::fsync(&dst)?;
             }
             self.copy_meta(udir.as_fd(), name, &old, work.fd(), &tmp)?;
-            rfs::renameat(work.fd(), &tmp, udir.as_fd(), name)
+            work.replace(&tmp, udir.as_fd(), name)
         })();
         if let Err(e) = res {
             work.discard(&tmp);
@@ -676,6 +693,13 @@ pub fn copy_data(src: &OwnedFd, dst: &OwnedFd, size: u64) -> Result<()> {
 }
 
 fn copy_range(src: &OwnedFd, dst: &OwnedFd, mut from: u64, end: u64) -> Result<()> {
+    // Allocating the extent in one go first makes the copy about a third faster on ext4
+    // (measured with 512 MiB) and fails at once when the upper has no room. Where it is
+    // not supported, the copy allocates as it goes.
+    match rfs::fallocate(dst, rfs::FallocateFlags::KEEP_SIZE, from, end - from) {
+        Ok(()) | Err(Errno::OPNOTSUPP) | Err(Errno::NOSYS) | Err(Errno::INVAL) => {}
+        Err(e) => return Err(e),
+    }
     while from < end {
         let len = (end - from).min(1 << 30) as usize;
         let mut o_in = from;

@@ -39,6 +39,18 @@ fn chmod_of_large_lower_file_copies_metadata_only() {
     );
     assert_eq!(data.last(), Some(&b'!'));
     assert_eq!(meta(&m.p("big")).mode() & 0o7777, 0o600);
+    // The filled copy took the metadata copy's place; the old one is gone at once (not
+    // left in the staging dir until the next mount), and the holes stayed holes.
+    let staging = fx.work.join("staging");
+    let left: Vec<_> = fs::read_dir(&staging)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left in {}: {left:?}", staging.display());
+    assert!(
+        meta(&fx.upper().p("big")).blocks() * 512 < 4 << 20,
+        "filled copy not sparse"
+    );
     m.finish();
 }
 
