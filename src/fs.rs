@@ -294,16 +294,20 @@ impl Filesystem for StrataFs {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let node = check!(reply, self.u.node(ino.0), "opendir");
         let fh = self.u.dirs.insert(node);
-        // No kernel listing cache: it can splice listings of two handles taken at
-        // different times (a name twice); each handle is served its own snapshot.
-        reply.opened(FileHandle(fh), FopenFlags::empty());
+        // The kernel keeps listings, and drops them when the directory changes through
+        // the mount (the only way it may change). Offsets are name hashes, so a listing
+        // it continues from another snapshot still has each name once.
+        reply.opened(
+            FileHandle(fh),
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+        );
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         debug!("readdir {} offset={offset}", ino.0);
-        let entries = check!(reply, self.u.dir_snapshot(fh.0, offset), "readdir");
-        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(e.ino), (i + 1) as u64, fuse_kind(e.kind), &e.name) {
+        let (entries, start) = check!(reply, self.u.dir_snapshot(fh.0, offset), "readdir");
+        for e in &entries[start..] {
+            if reply.add(INodeNo(e.ino), e.off, fuse_kind(e.kind), &e.name) {
                 break;
             }
         }
@@ -312,10 +316,10 @@ impl Filesystem for StrataFs {
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         debug!("readdirplus {} offset={offset}", ino.0);
-        let entries = check!(reply, self.u.dir_snapshot(fh.0, offset), "readdirplus");
+        let (entries, start) = check!(reply, self.u.dir_snapshot(fh.0, offset), "readdirplus");
         let ttl = self.u.ttl;
-        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-            let off = (i + 1) as u64;
+        for e in &entries[start..] {
+            let off = e.off;
             if e.name == "." || e.name == ".." {
                 // The kernel takes no attributes (and counts no lookup) for these two.
                 let mut attr = negative_attr();

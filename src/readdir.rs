@@ -2,6 +2,11 @@
 //! the first read) and served from that snapshot, so offsets stay valid across
 //! seekdir/telldir while entries are created and removed. Each visible name appears
 //! once; whiteouts, opaque markers and everything below an opaque directory are hidden.
+//!
+//! As on ext4, a listing is in the order of a hash of the names and an offset is the
+//! hash of the last name returned, so that a listing continued from any snapshot
+//! (the kernel's listing cache continues one wherever it finds the reader's offset)
+//! returns each name at most once.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
@@ -24,6 +29,17 @@ pub struct DirEntry {
     pub name: OsString,
     pub ino: u64,
     pub kind: FileType,
+    /// The offset to continue after this entry (set in snapshots, see `list_dir`).
+    pub off: u64,
+}
+
+/// The offset of a name: a hash, past the offsets 1 and 2 of `.` and `..`, and below
+/// 2^63 (offsets are signed in the kernel).
+fn name_offset(name: &OsStr) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    name.hash(&mut h);
+    (h.finish() >> 1).max(3)
 }
 
 /// An open directory: its node and, once read, the snapshot of its listing.
@@ -70,6 +86,12 @@ impl Union {
             Some(pp) => self.dir_ino(pp).unwrap_or(node.ino),
             None => node.ino, // the mount root: its parent lies outside
         };
+        list[0].off = 1;
+        list[1].off = 2;
+        for e in &mut list[2..] {
+            e.off = name_offset(&e.name);
+        }
+        list[2..].sort_unstable_by(|a, b| (a.off, &a.name).cmp(&(b.off, &b.name)));
         Ok(list)
     }
 
@@ -98,11 +120,13 @@ impl Union {
                 name: ".".into(),
                 ino,
                 kind: FileType::Directory,
+                off: 0,
             },
             DirEntry {
                 name: "..".into(),
                 ino,
                 kind: FileType::Directory,
+                off: 0,
             },
         ];
         let mut seen: HashSet<OsString> = HashSet::new();
@@ -160,6 +184,7 @@ impl Union {
                     name: name.to_os_string(),
                     ino: self.table.ino_for(dev, ino),
                     kind,
+                    off: 0,
                 });
                 seen.insert(name.to_os_string());
             }
@@ -169,17 +194,23 @@ impl Union {
     }
 
     /// The listing of an open directory handle, taken at its first read (offset 0
-    /// re-reads it, as rewinddir does).
-    pub fn dir_snapshot(&self, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>> {
+    /// re-reads it, as rewinddir does), and the index of the first entry past `offset`.
+    /// A handle whose first reads the kernel answered from its cache is served a new
+    /// listing from where the cached one stopped.
+    pub fn dir_snapshot(&self, fh: u64, offset: u64) -> Result<(Arc<Vec<DirEntry>>, usize)> {
         let h = self.dirs.get(fh)?;
         let mut cur = h.entries.lock();
-        if let (Some(e), true) = (cur.as_ref(), offset > 0) {
-            return Ok(e.clone());
-        }
-        let _ns = self.ns.read_recursive();
-        let e = Arc::new(self.list_dir(&h.node)?);
-        *cur = Some(e.clone());
-        Ok(e)
+        let list = match (cur.as_ref(), offset > 0) {
+            (Some(e), true) => e.clone(),
+            _ => {
+                let _ns = self.ns.read_recursive();
+                let e = Arc::new(self.list_dir(&h.node)?);
+                *cur = Some(e.clone());
+                e
+            }
+        };
+        let start = list.partition_point(|e| e.off <= offset);
+        Ok((list, start))
     }
 
     /// True when no name is visible in the merged directory.

@@ -265,3 +265,52 @@ fn directory_mtime_follows_changes_and_matches_upper() {
     }
     m.finish();
 }
+
+/// The kernel keeps listings between opens. Every change through the mount shows in
+/// the next listing, including a directory removed and made again while a handle on
+/// the old one is still open (the new one must not show the old one's listing, nor
+/// the lower entries it now hides).
+#[test]
+fn kept_listings_follow_every_change_through_the_mount() {
+    let fx = Fixture::new(2);
+    fx.lower(1).file("d/a", "").file("d/sub/below", "").file("d/gone", "");
+    fx.lower(0).file("d/b", "").file("d/sub/middle", "");
+    let m = fx.mount();
+    let d = m.p("d");
+    // Listed twice: the second listing comes from the kernel's cache.
+    for _ in 0..2 {
+        assert_eq!(names(&d), strs(&["a", "b", "gone", "sub"]));
+        assert_eq!(names(&d.join("sub")), strs(&["below", "middle"]));
+    }
+    fs::write(d.join("new"), "").unwrap();
+    assert_eq!(names(&d), strs(&["a", "b", "gone", "new", "sub"]));
+    fs::remove_file(d.join("gone")).unwrap();
+    assert_eq!(names(&d), strs(&["a", "b", "new", "sub"]));
+    fs::rename(d.join("a"), d.join("sub/a")).unwrap();
+    assert_eq!(names(&d), strs(&["b", "new", "sub"]));
+    assert_eq!(names(&d.join("sub")), strs(&["a", "below", "middle"]));
+    fs::hard_link(d.join("b"), d.join("b2")).unwrap();
+    fs::create_dir(d.join("nd")).unwrap();
+    std::os::unix::fs::symlink("b", d.join("ln")).unwrap();
+    assert_eq!(names(&d), strs(&["b", "b2", "ln", "nd", "new", "sub"]));
+
+    let old = fs::File::open(d.join("sub")).unwrap();
+    fs::remove_dir_all(d.join("sub")).unwrap();
+    assert_eq!(names(&d), strs(&["b", "b2", "ln", "nd", "new"]));
+    fs::create_dir(d.join("sub")).unwrap();
+    assert_eq!(
+        names(&d.join("sub")),
+        Vec::<String>::new(),
+        "a new directory lists the old one's entries"
+    );
+    fs::write(d.join("sub/x"), "").unwrap();
+    assert_eq!(names(&d.join("sub")), strs(&["x"]));
+    drop(old);
+    // And what the kernel kept agrees with a fresh mount.
+    let want = names(&d);
+    m.finish();
+    let m = fx.mount();
+    assert_eq!(names(&m.p("d")), want);
+    assert_eq!(names(&m.p("d/sub")), strs(&["x"]));
+    m.finish();
+}
