@@ -692,13 +692,19 @@ pub fn copy_data(src: &OwnedFd, dst: &OwnedFd, size: u64) -> Result<()> {
     rfs::ftruncate(dst, size)
 }
 
+/// Data extents at least this long are allocated before they are copied.
+const PREALLOCATE_MIN: u64 = 1 << 20;
+
 fn copy_range(src: &OwnedFd, dst: &OwnedFd, mut from: u64, end: u64) -> Result<()> {
-    // Allocating the extent in one go first makes the copy about a third faster on ext4
-    // (measured with 512 MiB) and fails at once when the upper has no room. Where it is
-    // not supported, the copy allocates as it goes.
-    match rfs::fallocate(dst, rfs::FallocateFlags::KEEP_SIZE, from, end - from) {
-        Ok(()) | Err(Errno::OPNOTSUPP) | Err(Errno::NOSYS) | Err(Errno::INVAL) => {}
-        Err(e) => return Err(e),
+    // Allocating a large extent in one go first makes the copy about a third faster on
+    // ext4 (measured with 512 MiB) and fails at once when the upper has no room; for
+    // small ones it is one more system call for nothing. Where it is not supported, the
+    // copy allocates as it goes.
+    if end - from >= PREALLOCATE_MIN {
+        match rfs::fallocate(dst, rfs::FallocateFlags::KEEP_SIZE, from, end - from) {
+            Ok(()) | Err(Errno::OPNOTSUPP) | Err(Errno::NOSYS) | Err(Errno::INVAL) => {}
+            Err(e) => return Err(e),
+        }
     }
     while from < end {
         let len = (end - from).min(1 << 30) as usize;

@@ -35,7 +35,7 @@ impl System {
     }
 }
 
-pub const ALL_IDS: [&str; 4] = ["kernel", "strata", "fuse-overlayfs", "fuse-overlayfs2"];
+pub const ALL_IDS: [&str; 5] = ["kernel", "strata", "strata-base", "fuse-overlayfs", "fuse-overlayfs2"];
 
 fn version_of(bin: &Path) -> Option<String> {
     let out = Command::new(bin).arg("--version").stdin(Stdio::null()).output().ok()?;
@@ -123,6 +123,23 @@ pub fn detect(cfg: &Config) -> Res<(Vec<System>, Vec<String>)> {
                 }),
                 Err(e) => skipped.push(format!("strata: {e}")),
             }
+        }
+    }
+    // Before and after in the same run: another strata build, e.g. of an older commit.
+    if let (true, Ok(base)) = (wanted("strata-base"), std::env::var("STRATA_BENCH_BASE")) {
+        let bin = PathBuf::from(base);
+        if bin.is_file() && fuse_ok {
+            systems.push(System {
+                kind: Kind::Strata,
+                id: "strata-base",
+                label: "strata (base)".into(),
+                bin: Some(bin),
+            });
+        } else {
+            skipped.push(format!(
+                "strata-base: STRATA_BENCH_BASE={} is not usable",
+                bin.display()
+            ));
         }
     }
     let home_cargo = std::env::var("CARGO_HOME")
