@@ -245,13 +245,16 @@ fn fuse_config(u: &Union) -> fuser::Config {
     if cfg.allow_other || rustix::process::geteuid().is_root() {
         c.acl = fuser::SessionACL::All;
     }
+    // Twice the cores, 4 to 8: even a single client runs faster with spare workers
+    // (the kernel queues a FORGET after each unlink; on 2 cores, 4 workers made
+    // unlink, ls -lR and tar c about 10% faster than 2).
     let threads = if cfg.threads > 0 {
         cfg.threads
     } else {
         std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-            .clamp(2, 8)
+            .map(|n| n.get() * 2)
+            .unwrap_or(4)
+            .clamp(4, 8)
     };
     c.n_threads = Some(threads);
     c.clone_fd = true;
