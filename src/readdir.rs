@@ -34,7 +34,9 @@ pub struct DirEntry {
 }
 
 /// The offset of a name: a hash, past the offsets 1 and 2 of `.` and `..`, and below
-/// 2^63 (offsets are signed in the kernel).
+/// 2^63 (offsets are signed in the kernel). Were two names of one directory to share a
+/// hash (odds of about n^2 / 2^64 for n names), a listing continued between the two
+/// would skip the second, as on ext4.
 fn name_offset(name: &OsStr) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::hash::DefaultHasher::new();
