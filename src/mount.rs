@@ -321,10 +321,7 @@ fn serve(union: Union, notify: Option<OwnedFd>) -> Result<(), String> {
                 "{} was unmounted before its first request: exiting",
                 mountpoint.display()
             );
-            if let Some(n) = notify {
-                detach_stdio();
-                let _ = std::fs::File::from(n).write_all(b"ok");
-            }
+            report_live(notify);
             return Ok(());
         }
         Err(e) => {
@@ -336,10 +333,7 @@ fn serve(union: Union, notify: Option<OwnedFd>) -> Result<(), String> {
         }
     };
     tracing::info!("mounted on {}", mountpoint.display());
-    if let Some(n) = notify {
-        detach_stdio();
-        let _ = std::fs::File::from(n).write_all(b"ok");
-    }
+    report_live(notify);
     let mut unmounter = session.unmount_callable();
     let mp = mountpoint.clone();
     std::thread::Builder::new()
@@ -429,6 +423,15 @@ fn mount_fuse(
             let _ = unmount(mountpoint, UnmountFlags::DETACH);
             Err(e)
         }
+    }
+}
+
+/// Tells the waiting parent (daemon mode) that the mount is live, and lets go of the
+/// caller's stdio.
+fn report_live(notify: Option<OwnedFd>) {
+    if let Some(n) = notify {
+        detach_stdio();
+        let _ = std::fs::File::from(n).write_all(b"ok");
     }
 }
 

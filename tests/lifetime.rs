@@ -906,35 +906,17 @@ fn fusermount_u_makes_the_daemon_exit_0() {
 fn unmount_before_the_first_request_makes_the_daemon_exit_0() {
     let s = stack_with_file();
     for round in 0..3 {
-        let mut child = Command::new(STRATA)
-            .args(["-f", "-o", &s.opts()])
-            .arg(&s.mnt)
-            .env("STRATA_TEST_PAUSE_BEFORE_INIT_MS", "300")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !is_mounted(&s.mnt) {
-            if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
-                let _ = child.kill();
-                let out = child.wait_with_output().unwrap();
-                panic!(
-                    "round {round}: strata did not mount: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let mut m = Mount::start_env(&s.opts(), &s.mnt, &[("STRATA_TEST_PAUSE_BEFORE_INIT_MS", "300")]);
         let st = Command::new("fusermount3").arg("-u").arg(&s.mnt).status().unwrap();
         assert!(st.success(), "round {round}: fusermount3 -u: {st}");
-        let out = child.wait_with_output().unwrap();
+        let st = m
+            .wait_exit(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("round {round}: daemon still running 10 s after fusermount3 -u"));
+        let mut err = String::new();
+        m.take_stderr().unwrap().read_to_string(&mut err).unwrap();
         assert!(
-            out.status.success(),
-            "round {round}: strata exited with {} after an early unmount: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
+            st.success(),
+            "round {round}: strata exited with {st} after an early unmount: {err}"
         );
     }
     assert!(!is_mounted(&s.mnt));

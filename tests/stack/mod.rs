@@ -109,9 +109,15 @@ pub fn is_mounted(path: &Path) -> bool {
 
 impl Mount {
     pub fn start(opts: &str, mnt: &Path) -> Mount {
+        Mount::start_env(opts, mnt, &[])
+    }
+
+    /// Like [`Mount::start`], with extra environment variables for the daemon.
+    pub fn start_env(opts: &str, mnt: &Path, env: &[(&str, &str)]) -> Mount {
         let child = Command::new(STRATA)
             .args(["-f", "-o", opts])
             .arg(mnt)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
