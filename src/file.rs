@@ -151,6 +151,23 @@ fn handle(node: &Arc<Node>, fd: OwnedFd, flags: OFlags, writable: bool, lower: b
     }
 }
 
+/// Fault injection for the tests: `STRATA_TEST_PAUSE_IO_MODE_MS` holds the choice of
+/// I/O mode for an open that cannot pass through (of a lower file, or of a metadata-only
+/// copy), so that another request can complete a copy and pass I/O through to it
+/// meanwhile.
+fn pause_for_tests() {
+    static MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let ms = *MS.get_or_init(|| {
+        std::env::var("STRATA_TEST_PAUSE_IO_MODE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    });
+    if ms > 0 {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}
+
 /// Open flags passed on to the backing file.
 fn backing_flags(flags: i32) -> OFlags {
     let keep = libc::O_ACCMODE | libc::O_APPEND | libc::O_TRUNC | libc::O_DIRECT | libc::O_SYNC | libc::O_DSYNC;
@@ -251,88 +268,97 @@ impl Union {
         let Ok(h) = self.files.get(fh) else {
             return Io::Cached { keep_cache: false };
         };
-        // A write-only open that found a metadata-only copy, while the inode already
-        // passes through to the completed copy: another request completed it meanwhile.
-        // Open that copy instead (it takes no other mode now).
-        if h.pending.load(Ordering::Relaxed) && self.passthrough.load(Ordering::Relaxed) {
-            let live = self
-                .files
-                .io
-                .lock()
-                .get(&h.node.ino)
-                .is_some_and(|n| n.live_backing().is_some());
-            if live {
-                let _ = self.filled(&h);
+        let mut open_backing = Some(open_backing);
+        let mut caught_up = false;
+        loop {
+            // Lower files are read through the daemon (and then the page cache): the
+            // kernel opens a passthrough backing file with the caller's flags, without
+            // O_NOATIME, and a read would change the lower file's access time. Writes of
+            // a pending handle must come through the daemon, which fills the data first.
+            let pass = self.passthrough.load(Ordering::Relaxed)
+                && h.node.kind() == FileType::RegularFile
+                && !h.lower.load(Ordering::Relaxed)
+                && !h.pending.load(Ordering::Relaxed);
+            if !pass && !caught_up {
+                pause_for_tests();
             }
-        }
-        // Lower files are read through the daemon (and then the page cache): the kernel
-        // opens a passthrough backing file with the caller's flags, without O_NOATIME,
-        // and a read would change the lower file's access time. Writes of a pending
-        // handle must come through the daemon, which fills the data first.
-        let pass = self.passthrough.load(Ordering::Relaxed)
-            && h.node.kind() == FileType::RegularFile
-            && !h.lower.load(Ordering::Relaxed)
-            && !h.pending.load(Ordering::Relaxed);
-        let fd = h.fd();
-        let key = rfs::fstat(&*fd).map(|st| (st.st_dev, st.st_ino));
-        let mut io = self.files.io.lock();
-        let n = io.entry(h.node.ino).or_default();
-        let live = n.live_backing();
-        let count = |n: &mut NodeIo| {
-            n.others += 1;
-            h.counted.store(true, Ordering::Relaxed);
-        };
-        let mode = match (pass, key, live) {
-            (true, Ok(key), Some((id, k))) if k == key => {
-                *h.backing.lock() = Some(id.clone());
-                Io::Passthrough(id)
+            let fd = h.fd();
+            let key = rfs::fstat(&*fd).map(|st| (st.st_dev, st.st_ino));
+            let mut io = self.files.io.lock();
+            let n = io.entry(h.node.ino).or_default();
+            let live = n.live_backing();
+            if live.is_some() && !pass && !caught_up && self.passthrough.load(Ordering::Relaxed) {
+                // The inode passes through to its completed copy, and the kernel takes
+                // no other mode for it now. This handle was opened before the copy was
+                // completed (on a metadata-only copy still to fill, or on the lower
+                // file): move it to the copy, then decide again. Deciding under the
+                // lock means no backing can appear between the check and the answer.
+                drop(io);
+                caught_up = true;
+                if h.pending.load(Ordering::Relaxed) {
+                    let _ = self.filled(&h);
+                }
+                let _ = self.read_fd(&h);
+                continue;
             }
-            (true, Ok(key), None) if n.others == 0 => match open_backing(fd.as_fd()) {
-                Ok(id) => {
-                    let id = Arc::new(id);
-                    n.backing = Some((Arc::downgrade(&id), key));
+            let count = |n: &mut NodeIo| {
+                n.others += 1;
+                h.counted.store(true, Ordering::Relaxed);
+            };
+            let mode = match (pass, key, live) {
+                (true, Ok(key), Some((id, k))) if k == key => {
                     *h.backing.lock() = Some(id.clone());
                     Io::Passthrough(id)
                 }
-                Err(e) => {
-                    tracing::warn!("FUSE passthrough unavailable ({e}); serving I/O through the daemon");
-                    self.passthrough.store(false, Ordering::Relaxed);
+                (true, Ok(key), None) if n.others == 0 => match open_backing.take().map(|f| f(fd.as_fd())) {
+                    Some(Ok(id)) => {
+                        let id = Arc::new(id);
+                        n.backing = Some((Arc::downgrade(&id), key));
+                        *h.backing.lock() = Some(id.clone());
+                        Io::Passthrough(id)
+                    }
+                    e => {
+                        if let Some(Err(e)) = e {
+                            tracing::warn!("FUSE passthrough unavailable ({e}); serving I/O through the daemon");
+                        }
+                        self.passthrough.store(false, Ordering::Relaxed);
+                        count(n);
+                        Io::Cached {
+                            keep_cache: h.lower.load(Ordering::Relaxed),
+                        }
+                    }
+                },
+                // Other opens of this inode that do not pass through (it cannot pass
+                // through until they are gone), or another backing file: neutral direct I/O.
+                (true, _, _) | (false, _, Some(_)) => {
+                    count(n);
+                    Io::Direct
+                }
+                (false, _, None) => {
                     count(n);
                     Io::Cached {
                         keep_cache: h.lower.load(Ordering::Relaxed),
                     }
                 }
-            },
-            // Other opens of this inode that do not pass through (it cannot pass through
-            // until they are gone), or another backing file: neutral direct I/O.
-            (true, _, _) | (false, _, Some(_)) => {
-                count(n);
-                Io::Direct
+            };
+            tracing::debug!(
+                "io mode of handle {fh} (node {:#x}, pending {}, lower {}): {} (backing {:?}, other opens {})",
+                h.node.ino,
+                h.pending.load(Ordering::Relaxed),
+                h.lower.load(Ordering::Relaxed),
+                match &mode {
+                    Io::Passthrough(_) => "passthrough",
+                    Io::Direct => "direct",
+                    Io::Cached { .. } => "cached",
+                },
+                n.backing.as_ref().map(|b| b.1),
+                n.others
+            );
+            if n.others == 0 && n.backing.is_none() {
+                io.remove(&h.node.ino);
             }
-            (false, _, None) => {
-                count(n);
-                Io::Cached {
-                    keep_cache: h.lower.load(Ordering::Relaxed),
-                }
-            }
-        };
-        tracing::debug!(
-            "io mode of handle {fh} (node {:#x}, pending {}, lower {}): {} (backing {:?}, other opens {})",
-            h.node.ino,
-            h.pending.load(Ordering::Relaxed),
-            h.lower.load(Ordering::Relaxed),
-            match &mode {
-                Io::Passthrough(_) => "passthrough",
-                Io::Direct => "direct",
-                Io::Cached { .. } => "cached",
-            },
-            n.backing.as_ref().map(|b| b.1),
-            n.others
-        );
-        if n.others == 0 && n.backing.is_none() {
-            io.remove(&h.node.ino);
+            return mode;
         }
-        mode
     }
 
     /// The fd to read handle `fh` through. A handle opened on a lower file before the
