@@ -103,19 +103,33 @@ impl Layer {
         if rel.as_os_str().is_empty() {
             return Ok(Some(DirFd::Root(self.root.as_fd())));
         }
-        match open_beneath(self.root.as_fd(), rel, OFlags::RDONLY | OFlags::DIRECTORY) {
+        match self.open_dir(rel) {
             Ok(fd) => Ok(Some(DirFd::Owned(fd))),
             Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::LOOP) | Err(Errno::XDEV) => Ok(None),
             Err(e) => Err(e),
         }
     }
 
-    /// `lstat` of the entry at `rel`. `Ok(None)` when it does not exist.
+    /// Opens the directory at `rel` (not the root) as `dir` does, telling why it could
+    /// not: ENOENT (nothing there), ENOTDIR or ELOOP (a non-directory or a symlink).
+    pub fn open_dir(&self, rel: &Path) -> Result<OwnedFd> {
+        open_beneath(self.root.as_fd(), rel, OFlags::RDONLY | OFlags::DIRECTORY)
+    }
+
+    /// `lstat` of the entry at `rel`. `Ok(None)` when it does not exist. One system
+    /// call when absent (an `O_PATH` open of the whole path, no symlink followed on the
+    /// way), so probing many layers for a name costs little in those without it.
     pub fn stat(&self, rel: &Path) -> Result<Option<Stat>> {
         let (parent, name) = split(rel);
-        match self.dir(parent)? {
-            Some(d) => stat_at(d.as_fd(), name),
-            None => Ok(None),
+        if parent.as_os_str().is_empty() {
+            return stat_at(self.root.as_fd(), name);
+        }
+        match open_beneath(self.root.as_fd(), rel, OFlags::PATH) {
+            Ok(fd) => rfs::fstat(&fd).map(Some),
+            Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::LOOP) | Err(Errno::XDEV) | Err(Errno::NAMETOOLONG) => {
+                Ok(None)
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -328,10 +342,7 @@ impl Listing {
             });
         }
         let opaque_aufs = index.contains_key(OsStr::new(crate::whiteout::OPAQUE));
-        let opaque_xattr = ["trusted.overlay.opaque", "user.overlay.opaque"].iter().any(|a| {
-            let mut v = [0u8; 4];
-            matches!(rfs::fgetxattr(dir, *a, &mut v[..]), Ok(n) if n >= 1 && v[0] == b'y')
-        });
+        let opaque_xattr = crate::whiteout::has_opaque_xattr(dir);
         Ok(Listing {
             entries,
             index,

@@ -4,11 +4,11 @@
 //! non-directory.
 
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::Arc;
 
-use rustix::fs::{FileType, Mode, OFlags, Stat};
+use rustix::fs::{FileType, Stat};
 use rustix::io::Errno;
 
 use crate::inode::{Node, State};
@@ -44,37 +44,68 @@ impl Union {
     ///
     /// The upper, and lower directories not listed yet, are asked on disk (a few system
     /// calls); lower directories already listed (by a readdir) answer from the listing.
-    fn probe(&self, l: usize, parent: &Path, name: &OsStr, want_stat: bool) -> Result<Probe> {
+    ///
+    /// `top`: no layer above holds the name, so this one decides its type and stat.
+    /// Otherwise a directory was found above, and only another directory counts here.
+    fn probe(&self, l: usize, parent: &Path, name: &OsStr, top: bool) -> Result<Probe> {
         let layer = &self.layers[l];
         if layer.is_upper {
-            return self.probe_disk(l, parent, name);
+            return self.probe_disk(l, parent, name, top);
         }
         match self.listings.cached(layer, parent) {
-            None => self.probe_disk(l, parent, name),
+            None => self.probe_disk(l, parent, name, top),
             Some(None) => Ok(Probe::Absent),
-            Some(Some(list)) => self.probe_listing(l, &list, parent, name, want_stat),
+            Some(Some(list)) => self.probe_listing(l, &list, parent, name, top),
         }
     }
 
-    fn probe_disk(&self, l: usize, parent: &Path, name: &OsStr) -> Result<Probe> {
+    /// Asks the layer on disk. The paths are opened from the layer root (no symlink
+    /// followed), so a layer without the name costs one or two system calls.
+    fn probe_disk(&self, l: usize, parent: &Path, name: &OsStr, top: bool) -> Result<Probe> {
         let forms = self.forms[l];
-        let Some(dir) = self.layers[l].dir(parent)? else {
-            return Ok(Probe::Absent);
-        };
-        match layer::stat_at(dir.as_fd(), name)? {
+        let layer = &self.layers[l];
+        let rel = parent.join(name);
+        if !top {
+            // Below a directory: open the name as one. That tells its type and gives
+            // the fd its opacity is read from.
+            return match layer.open_dir(&rel) {
+                Ok(dir) => Ok(Probe::Entry {
+                    kind: FileType::Directory,
+                    stat: None,
+                    opaque: whiteout::is_opaque(dir.as_fd(), forms)?,
+                }),
+                // A non-directory (an overlayfs whiteout among them) ends the merge.
+                Err(Errno::NOTDIR) | Err(Errno::LOOP) => Ok(Probe::Entry {
+                    kind: FileType::Unknown,
+                    stat: None,
+                    opaque: false,
+                }),
+                Err(Errno::NOENT) | Err(Errno::XDEV) => self.absent_or_whiteout(l, parent, name),
+                Err(e) => Err(e),
+            };
+        }
+        match layer.stat(&rel)? {
             Some(st) if forms.overlay && whiteout::is_overlay_whiteout(&st) => Ok(Probe::Whiteout),
             Some(st) => {
                 let kind = layer::file_type(&st);
-                let opaque = kind == FileType::Directory && self.is_opaque_dir(l, dir.as_fd(), parent, name)?;
+                let opaque = kind == FileType::Directory && self.is_opaque_dir(l, &rel)?;
                 Ok(Probe::Entry {
                     kind,
                     stat: Some(st),
                     opaque,
                 })
             }
-            None if whiteout::has_whiteout(dir.as_fd(), name, forms)? => Ok(Probe::Whiteout),
-            None => Ok(Probe::Absent),
+            None => self.absent_or_whiteout(l, parent, name),
         }
+    }
+
+    /// For a name layer `l` does not hold: whether it holds an AUFS whiteout for it.
+    fn absent_or_whiteout(&self, l: usize, parent: &Path, name: &OsStr) -> Result<Probe> {
+        let wh = self.forms[l].aufs
+            && self.layers[l]
+                .stat(&parent.join(whiteout::whiteout_name(name)))?
+                .is_some();
+        Ok(if wh { Probe::Whiteout } else { Probe::Absent })
     }
 
     fn probe_listing(&self, l: usize, list: &Listing, parent: &Path, name: &OsStr, want_stat: bool) -> Result<Probe> {
@@ -94,10 +125,7 @@ impl Union {
             kind = layer::file_type(&st);
             stat = Some(st);
         }
-        let opaque = kind == FileType::Directory && {
-            let dir = layer.dir(parent)?.ok_or(Errno::NOENT)?;
-            self.is_opaque_dir(l, dir.as_fd(), parent, name)?
-        };
+        let opaque = kind == FileType::Directory && self.is_opaque_dir(l, &parent.join(name))?;
         Ok(Probe::Entry { kind, stat, opaque })
     }
 
@@ -111,23 +139,20 @@ impl Union {
         })
     }
 
-    /// Whether directory `name` (in `dir`, at `parent` of layer `l`) is opaque: from its
-    /// kept listing in a lower, else on disk.
-    fn is_opaque_dir(&self, l: usize, dir: BorrowedFd<'_>, parent: &Path, name: &OsStr) -> Result<bool> {
+    /// Whether the directory at `rel` in layer `l` is opaque: from its kept listing in a
+    /// lower, else on disk.
+    fn is_opaque_dir(&self, l: usize, rel: &Path) -> Result<bool> {
         let forms = self.forms[l];
         let layer = &self.layers[l];
         if !layer.is_upper {
-            if let Some(Some(c)) = self.listings.cached(layer, &parent.join(name)) {
+            if let Some(Some(c)) = self.listings.cached(layer, rel) {
                 return Ok((forms.aufs && c.opaque_aufs) || (forms.overlay && c.opaque_xattr));
             }
         }
-        let sub = rustix::fs::openat(
-            dir,
-            name,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        whiteout::is_opaque(sub.as_fd(), forms)
+        match layer.dir(rel)? {
+            Some(dir) => whiteout::is_opaque(dir.as_fd(), forms),
+            None => Err(Errno::NOENT),
+        }
     }
 
     /// Resolves `name` in the merged directory at `parent`, which spans `parent_layers`.

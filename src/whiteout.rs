@@ -94,17 +94,27 @@ pub fn is_opaque(dir: BorrowedFd<'_>, forms: Forms) -> Result<bool> {
     if forms.aufs && layer::stat_at(dir, OsStr::new(OPAQUE))?.is_some() {
         return Ok(true);
     }
-    if forms.overlay {
-        for attr in ["trusted.overlay.opaque", "user.overlay.opaque"] {
-            let mut v = [0u8; 4];
-            if let Ok(n) = rustix::fs::fgetxattr(dir, attr, &mut v[..]) {
-                if n >= 1 && v[0] == b'y' {
-                    return Ok(true);
-                }
-            }
+    Ok(forms.overlay && has_opaque_xattr(dir))
+}
+
+/// The overlayfs opaque markers: `trusted.overlay.opaque` or `user.overlay.opaque` = `y`.
+pub fn has_opaque_xattr(dir: BorrowedFd<'_>) -> bool {
+    const NAMES: [&str; 2] = ["trusted.overlay.opaque", "user.overlay.opaque"];
+    // One call to list the names answers for most directories (those with no marker);
+    // the values are read only for a marker listed, or when the list does not fit.
+    let mut list = [0u8; 1024];
+    let candidates: Vec<&str> = match rustix::fs::flistxattr(dir, &mut list[..]) {
+        Ok(n) => {
+            let names: Vec<&[u8]> = list[..n].split(|b| *b == 0).collect();
+            NAMES.into_iter().filter(|a| names.contains(&a.as_bytes())).collect()
         }
-    }
-    Ok(false)
+        Err(rustix::io::Errno::NOTSUP) => return false,
+        Err(_) => NAMES.to_vec(),
+    };
+    candidates.into_iter().any(|a| {
+        let mut v = [0u8; 4];
+        matches!(rustix::fs::fgetxattr(dir, a, &mut v[..]), Ok(n) if n >= 1 && v[0] == b'y')
+    })
 }
 
 /// True for xattrs that are markers of the layer format, never shown through the mount.
