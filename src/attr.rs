@@ -18,6 +18,14 @@ use crate::layer::{self, split, Result};
 use crate::mount::Union;
 use crate::whiteout;
 
+/// Who writes or changes a file, for the rules on set-id bits.
+#[derive(Clone, Copy)]
+pub struct Writer {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
 /// What a setattr asks for.
 #[derive(Default)]
 pub struct SetAttr {
@@ -190,7 +198,19 @@ impl Union {
         }
     }
 
-    pub fn setattr(&self, node: &Node, sa: SetAttr) -> Result<Stat> {
+    pub fn setattr(&self, node: &Node, mut sa: SetAttr, who: Writer) -> Result<Stat> {
+        if self.killpriv.load(Ordering::Relaxed) && sa.mode.is_none() && node.kind() == FileType::RegularFile {
+            // Under FUSE_HANDLE_KILLPRIV_V2 the kernel leaves the set-id bits to strata.
+            // It sends a setattr with nothing in it when it decided they go (a chown to
+            // the same owner, or a passthrough write by someone without CAP_FSETID), and
+            // a truncation by anyone but root drops them too (no CAP_FSETID then).
+            let nothing =
+                sa.uid.is_none() && sa.gid.is_none() && sa.size.is_none() && sa.atime.is_none() && sa.mtime.is_none();
+            if nothing || (sa.size.is_some() && who.uid != 0) {
+                let st = self.getattr(node, sa.fh)?;
+                sa.mode = self.killed_mode(&st, who);
+            }
+        }
         let nothing = sa.mode.is_none()
             && sa.uid.is_none()
             && sa.gid.is_none()
@@ -230,6 +250,32 @@ impl Union {
         let upper = self.upper().ok_or(Errno::ROFS)?;
         let dir = upper.dir(parent)?.ok_or(Errno::NOENT)?;
         apply(Target::At(dir.as_fd(), name), node.kind(), &sa, self)
+    }
+
+    /// The mode a regular file of stat `st` has once `who` (lacking CAP_FSETID) wrote
+    /// or truncated it, as Linux gives it: no set-user-ID; no set-group-ID when the group
+    /// may execute the file or `who` is outside its group. `None` when nothing changes.
+    pub fn killed_mode(&self, st: &Stat, who: Writer) -> Option<u32> {
+        let mode = st.st_mode & 0o7777;
+        let mut keep = mode & !libc::S_ISUID;
+        if mode & libc::S_ISGID != 0 && (mode & libc::S_IXGRP != 0 || !self.in_group(who, st.st_gid)) {
+            keep &= !libc::S_ISGID;
+        }
+        (layer::file_type(st) == FileType::RegularFile && keep != mode).then_some(keep)
+    }
+
+    /// Whether `who` is root or in group `gid` (a layer's group id). FUSE passes the
+    /// primary group only; the others come from /proc.
+    fn in_group(&self, who: Writer, gid: u32) -> bool {
+        let ours = |g: u32| self.map_owner_in(None, Some(g)).1 == Some(gid);
+        if who.uid == 0 || ours(who.gid) {
+            return true;
+        }
+        std::fs::read_to_string(format!("/proc/{}/status", who.pid)).is_ok_and(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Groups:"))
+                .is_some_and(|g| g.split_whitespace().filter_map(|x| x.parse().ok()).any(ours))
+        })
     }
 
     /// Ownership asked for through the mount, in the layers' terms (`uidmapping`,

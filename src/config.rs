@@ -46,6 +46,9 @@ pub struct Config {
     pub fsync_copy_up: bool,
     /// Pass reads and writes straight to backing files (FUSE passthrough) when possible.
     pub passthrough: bool,
+    /// Clear set-id bits and file capabilities on writes here (FUSE_HANDLE_KILLPRIV_V2)
+    /// instead of the kernel asking for `security.capability` before every write.
+    pub killpriv: bool,
     /// Kernel entry/attr cache timeout.
     pub timeout: Duration,
     pub whiteout_form: WhiteoutForm,
@@ -76,6 +79,7 @@ impl Default for Config {
             squash_to_gid: None,
             fsync_copy_up: false,
             passthrough: true,
+            killpriv: true,
             timeout: Duration::from_secs(86400),
             whiteout_form: WhiteoutForm::Both,
             read_only: false,
@@ -252,6 +256,7 @@ pub fn apply_opts(cfg: &mut Config, opts: &str) -> Result<(), String> {
             }
             "threads" => cfg.threads = number(key, need(key, val)?)?,
             "passthrough" => cfg.passthrough = number::<u8>(key, need(key, val)?)? != 0,
+            "killpriv" => cfg.killpriv = number::<u8>(key, need(key, val)?)? != 0,
             "ro" => cfg.read_only = true,
             "whiteout" => {
                 cfg.whiteout_form = match need(key, val)? {
@@ -395,7 +400,10 @@ mod tests {
 
     #[test]
     fn numbers_and_flags() {
-        let c = parse("lowerdir=/l,timeout=0.5,threads=3,ro,whiteout=aufs,fsync=1,squash_to_root,allow_root");
+        let c =
+            parse("lowerdir=/l,timeout=0.5,threads=3,ro,whiteout=aufs,fsync=1,squash_to_root,allow_root,killpriv=0");
+        assert!(!c.killpriv && c.passthrough);
+        assert!(parse("lowerdir=/l").killpriv);
         assert_eq!(c.timeout, Duration::from_millis(500));
         assert_eq!(c.threads, 3);
         assert!(c.read_only && c.fsync_copy_up && c.allow_other);

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
-use rustix::fs::{self as rfs, FallocateFlags, OFlags, SeekFrom};
+use rustix::fs::{self as rfs, FallocateFlags, Mode, OFlags, SeekFrom};
 use rustix::io::Errno;
 
 use std::os::fd::{AsFd, BorrowedFd};
@@ -16,6 +16,7 @@ use std::sync::Weak;
 use fuser::{BackingId, FopenFlags};
 use rustix::fs::FileType;
 
+use crate::attr::Writer;
 use crate::inode::Node;
 use crate::layer::{split, Result};
 use crate::mount::Union;
@@ -393,10 +394,30 @@ impl Union {
         Ok(buf)
     }
 
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
+    /// Writes through the daemon. Linux drops a file's capabilities at any write, and
+    /// its set-id bits at a write by someone without CAP_FSETID (`kill`: the kernel
+    /// says so with the write). The kernel leaves both to strata for the writes it sends
+    /// (see `killpriv`), and is told when the mode changed.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8], kill: Option<Writer>) -> Result<usize> {
         let h = self.files.get(fh)?;
         self.filled(&h)?;
-        rustix::io::pwrite(&*h.fd(), data, offset)
+        let fd = h.fd();
+        if !h.node.no_xattrs.load(Ordering::Relaxed) {
+            match rfs::fremovexattr(&*fd, "security.capability") {
+                Ok(()) | Err(Errno::NODATA) | Err(Errno::NOTSUP) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(who) = kill {
+            if let Some(mode) = self.killed_mode(&rfs::fstat(&*fd)?, who) {
+                rfs::fchmod(&*fd, Mode::from_raw_mode(mode))?;
+                if let Some(n) = self.notifier.get() {
+                    // Attributes only (a negative offset): no page is touched.
+                    let _ = n.inval_inode(fuser::INodeNo(h.node.ino), -1, 0);
+                }
+            }
+        }
+        rustix::io::pwrite(&*fd, data, offset)
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {

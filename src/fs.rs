@@ -13,7 +13,7 @@ use fuser::{
 };
 use tracing::debug;
 
-use crate::attr::{fuse_kind, negative_attr, SetAttr};
+use crate::attr::{fuse_kind, negative_attr, SetAttr, Writer};
 use crate::dir::{Caller, NewEntry};
 use crate::file::Io;
 use crate::layer::Result;
@@ -37,6 +37,14 @@ fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
         gid: req.gid(),
+    }
+}
+
+fn writer(req: &Request) -> Writer {
+    Writer {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
     }
 }
 
@@ -81,6 +89,12 @@ impl Filesystem for StrataFs {
         {
             self.u.passthrough.store(true, std::sync::atomic::Ordering::Relaxed);
         }
+        // Set-id bits and file capabilities are cleared here on writes, truncations and
+        // chowns; the kernel then stops asking for security.capability before every
+        // write(2) (a round trip each, even for passthrough writes).
+        if self.u.cfg.killpriv && config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2).is_ok() {
+            self.u.killpriv.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let _ = config.set_max_write(1 << 20);
         Ok(())
     }
@@ -106,7 +120,7 @@ impl Filesystem for StrataFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -133,7 +147,7 @@ impl Filesystem for StrataFs {
             mtime,
             fh: fh.map(|f| f.0),
         };
-        let st = check!(reply, self.u.setattr(&node, sa), "setattr");
+        let st = check!(reply, self.u.setattr(&node, sa, writer(req)), "setattr");
         reply.attr(&self.u.ttl, &self.u.attr(node.ino, &st));
     }
 
@@ -251,17 +265,21 @@ impl Filesystem for StrataFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let n = check!(reply, self.u.write(fh.0, offset, data), "write");
+        // The kernel asks for the set-id bits to go when the writer lacks CAP_FSETID.
+        let kill = write_flags
+            .contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
+            .then(|| writer(req));
+        let n = check!(reply, self.u.write(fh.0, offset, data, kill), "write");
         reply.written(n as u32);
     }
 

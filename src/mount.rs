@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::RwLock;
@@ -41,6 +42,11 @@ pub struct Union {
     pub listings: Listings,
     /// FUSE passthrough negotiated with the kernel (and still working).
     pub passthrough: AtomicBool,
+    /// FUSE_HANDLE_KILLPRIV_V2 negotiated: strata clears set-id bits on writes,
+    /// truncations and chowns (see `attr::killed_mode`).
+    pub killpriv: AtomicBool,
+    /// Tells the kernel about changes it did not ask for (set once mounted).
+    pub notifier: Arc<OnceLock<fuser::Notifier>>,
 }
 
 fn canonical(p: &Path) -> Result<PathBuf, String> {
@@ -132,6 +138,8 @@ impl Union {
             ns: RwLock::new(()),
             ttl,
             passthrough: AtomicBool::new(false),
+            killpriv: AtomicBool::new(false),
+            notifier: Arc::new(OnceLock::new()),
             listings: Listings::new(LISTED_DIRS),
         })
     }
@@ -305,6 +313,7 @@ fn serve(union: Union, notify: Option<OwnedFd>) -> Result<(), String> {
     let fsname = union.cfg.fsname.clone().unwrap_or_else(|| "strata".into());
     let config = fuse_config(&union);
     let signals = block_signals();
+    let notifier = union.notifier.clone();
     let fs = crate::fs::StrataFs::new(union);
     let mounted = if rustix::process::geteuid().is_root() {
         mount_fuse(fs, &mountpoint, &fsname, &config)
@@ -333,6 +342,7 @@ fn serve(union: Union, notify: Option<OwnedFd>) -> Result<(), String> {
         }
     };
     tracing::info!("mounted on {}", mountpoint.display());
+    let _ = notifier.set(session.notifier());
     report_live(notify);
     let mut unmounter = session.unmount_callable();
     let mp = mountpoint.clone();

@@ -1352,9 +1352,17 @@ fn unprivileged_users_get_the_permission_checks_of_ext4() {
 }
 
 /// The set-user-id bit (and set-group-id with group execute) of a file goes when a user
-/// other than its owner writes it: compared with the same steps on ext4 itself.
+/// other than its owner writes it: compared with the same steps on ext4 itself. Both
+/// ways writes go: passed through to the backing file (the kernel asks strata with an
+/// empty setattr) and through the daemon (the write itself says so).
 #[test]
 fn setuid_is_dropped_when_a_non_owner_writes_as_on_ext4() {
+    for opts in ["", "passthrough=0"] {
+        setuid_dropped_on_write(opts);
+    }
+}
+
+fn setuid_dropped_on_write(opts: &str) {
     let s = Stack::new(1);
     open_to_all(&s);
     let reference = s.dir.path().join("ext4");
@@ -1367,7 +1375,7 @@ fn setuid_is_dropped_when_a_non_owner_writes_as_on_ext4() {
             fs::set_permissions(&p, fs::Permissions::from_mode(*mode)).unwrap();
         }
     }
-    let m = s.mount();
+    let m = s.mount_with(opts);
     for (i, mode) in modes.iter().enumerate() {
         // An upper file made through the mount too.
         let p = s.m(&format!("u{i}"));
@@ -1397,10 +1405,18 @@ fn setuid_is_dropped_when_a_non_owner_writes_as_on_ext4() {
         let want = mode_of(&r);
         let lower = s.m(&format!("f{i}"));
         append(&lower);
-        assert_eq!(mode_of(&lower), want, "lower file of mode {mode:o} written by nobody");
+        assert_eq!(
+            mode_of(&lower),
+            want,
+            "lower file of mode {mode:o} written by nobody ({opts})"
+        );
         let upper = s.m(&format!("u{i}"));
         append(&upper);
-        assert_eq!(mode_of(&upper), want, "upper file of mode {mode:o} written by nobody");
+        assert_eq!(
+            mode_of(&upper),
+            want,
+            "upper file of mode {mode:o} written by nobody ({opts})"
+        );
         // Truncation drops them the same way.
         let r2 = reference.join(format!("t{i}"));
         fs::write(&r2, "data").unwrap();
@@ -1410,7 +1426,11 @@ fn setuid_is_dropped_when_a_non_owner_writes_as_on_ext4() {
         fs::write(&t, "data").unwrap();
         fs::set_permissions(&t, fs::Permissions::from_mode(*mode)).unwrap();
         truncate(&t);
-        assert_eq!(mode_of(&t), mode_of(&r2), "file of mode {mode:o} truncated by nobody");
+        assert_eq!(
+            mode_of(&t),
+            mode_of(&r2),
+            "file of mode {mode:o} truncated by nobody ({opts})"
+        );
     }
     // The owner writing keeps them, as on ext4.
     let own = s.m("own");
@@ -1427,28 +1447,83 @@ fn setuid_is_dropped_when_a_non_owner_writes_as_on_ext4() {
 }
 
 /// ext4 drops set-group-id without group execute too when the writer is neither in
-/// the file's group nor privileged (the kernel's `setattr_should_drop_sgid`). Over FUSE
-/// without FUSE_HANDLE_KILLPRIV(_V2) the kernel's fallback (`fuse_setattr`) only drops
-/// it when group execute is set, so a 02767 file written by another user keeps its
-/// set-group-id bit through strata.
+/// the file's group nor privileged (the kernel's `setattr_should_drop_sgid`). Strata
+/// clears set-id bits itself (FUSE_HANDLE_KILLPRIV_V2), with the writer's groups; a
+/// member of the file's group keeps the bit, as on ext4.
 #[test]
-#[ignore = "strata bug: set-group-id without group execute survives a write by a user outside the group (ext4 drops it); needs FUSE_HANDLE_KILLPRIV_V2"]
 fn setgid_without_group_exec_is_dropped_when_an_outsider_writes_as_on_ext4() {
-    let s = Stack::new(1);
-    open_to_all(&s);
-    let reference = s.dir.path().join("ext4");
-    fs::create_dir(&reference).unwrap();
-    for p in [s.l(0, "f"), reference.join("f")] {
-        fs::write(&p, "data").unwrap();
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o2767)).unwrap();
+    for opts in ["", "passthrough=0"] {
+        let s = Stack::new(1);
+        open_to_all(&s);
+        let reference = s.dir.path().join("ext4");
+        fs::create_dir(&reference).unwrap();
+        for p in [s.l(0, "f"), reference.join("f"), s.l(0, "g"), reference.join("g")] {
+            fs::write(&p, "data").unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o2767)).unwrap();
+        }
+        // "g" belongs to nobody's group: its writer is a member.
+        for p in [s.l(0, "g"), reference.join("g")] {
+            std::os::unix::fs::chown(&p, None, Some(65534)).unwrap();
+        }
+        let m = s.mount_with(opts);
+        for p in [s.m("f"), reference.join("f"), s.m("g"), reference.join("g")] {
+            let script = format!("echo more >> '{}'", p.display());
+            assert!(nobody(&[OsStr::new("sh"), OsStr::new("-c"), OsStr::new(&script)]));
+        }
+        assert_eq!(mode_of(&reference.join("f")), 0o767, "ext4 drops it");
+        assert_eq!(mode_of(&s.m("f")), 0o767, "outsider ({opts})");
+        assert_eq!(mode_of(&reference.join("g")), 0o2767, "ext4 keeps it for a member");
+        assert_eq!(mode_of(&s.m("g")), 0o2767, "member ({opts})");
+        m.finish();
     }
-    let _m = s.mount();
-    for p in [s.m("f"), reference.join("f")] {
-        let script = format!("echo more >> '{}'", p.display());
-        assert!(nobody(&[OsStr::new("sh"), OsStr::new("-c"), OsStr::new(&script)]));
+}
+
+/// File capabilities go at the first write, even by root (Linux drops them at any
+/// write); strata drops them for the writes it serves itself, and the kernel for the
+/// ones it passes through.
+#[test]
+fn file_capabilities_go_at_a_write_as_on_ext4() {
+    // VFS_CAP_REVISION_2 with the effective flag, permitting cap_net_bind_service.
+    let mut cap = vec![0x01, 0x00, 0x00, 0x02, 0x00, 0x04, 0x00, 0x00];
+    cap.extend([0u8; 12]);
+    for opts in ["", "passthrough=0"] {
+        let s = Stack::new(1);
+        let reference = s.dir.path().join("ext4");
+        fs::create_dir(&reference).unwrap();
+        for p in [s.l(0, "f"), reference.join("f")] {
+            fs::write(&p, "data").unwrap();
+            setxattr(&p, "security.capability", &cap).unwrap();
+        }
+        let m = s.mount_with(opts);
+        // An upper file too, given its capabilities through the mount.
+        fs::write(s.m("u"), "data").unwrap();
+        setxattr(&s.m("u"), "security.capability", &cap).unwrap();
+        assert_eq!(getxattr(&s.m("u"), "security.capability").unwrap(), cap);
+        for p in [s.m("f"), s.m("u"), reference.join("f")] {
+            let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+            f.write_all(b"more").unwrap();
+            f.write_all(b"and more").unwrap();
+        }
+        assert!(
+            getxattr(&reference.join("f"), "security.capability").is_err(),
+            "ext4 drops them"
+        );
+        for name in ["f", "u"] {
+            assert!(
+                getxattr(&s.m(name), "security.capability").is_err(),
+                "{name}: capabilities left after a write ({opts})"
+            );
+            assert!(
+                getxattr(&s.u(name), "security.capability").is_err(),
+                "{name} in the upper"
+            );
+        }
+        assert!(
+            getxattr(&s.l(0, "f"), "security.capability").is_ok(),
+            "the lower file keeps them"
+        );
+        m.finish();
     }
-    assert_eq!(mode_of(&reference.join("f")), 0o767, "ext4 drops it");
-    assert_eq!(mode_of(&s.m("f")), 0o767);
 }
 
 fn mode_of(p: &Path) -> u32 {
