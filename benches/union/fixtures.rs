@@ -28,6 +28,8 @@ pub struct Params {
     pub untar_files: u64,
     pub create_files: u64,
     pub src_files: u64,
+    /// 4 KiB write(2) calls of the small-writes row.
+    pub small_writes: u64,
 }
 
 impl Params {
@@ -48,6 +50,7 @@ impl Params {
             untar_files: cfg.count(20_000, 200),
             create_files: cfg.count(10_000, 200),
             src_files: cfg.count(3000, 100),
+            small_writes: cfg.count(50_000, 500),
         }
     }
 

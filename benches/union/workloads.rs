@@ -396,6 +396,33 @@ pub fn all(p: &Params, fio: bool) -> Vec<Workload> {
             ])
         }),
     });
+    let writes = p.small_writes;
+    w.push(Workload {
+        group: "writes",
+        rows: vec![format!("{} 4 KiB writes to a new file", fmt_count(writes))],
+        runs: 5,
+        tool: None,
+        mode: Mode::Fresh { cold: false },
+        fx: Fx::Base,
+        prepare: None,
+        op: Box::new(move |env| {
+            let p = env.mnt.join("small-writes");
+            let block = [0x5au8; 4096];
+            let (t, ()) = timed(|| {
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&p)
+                    .ctx(|| format!("create {}", p.display()))?;
+                for _ in 0..writes {
+                    f.write_all(&block).ctx(|| format!("write {}", p.display()))?;
+                }
+                Ok(())
+            })?;
+            let len = fs::metadata(&p).ctx(|| "stat".into())?.len();
+            one(t, Some(len))
+        }),
+    });
     let count = p.create_files;
     let n = fmt_count(count);
     w.push(Workload {
