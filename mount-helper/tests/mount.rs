@@ -135,6 +135,10 @@ fn mount_t_strata_fstab_and_fuse_strata() {
         "build the workspace first: {} is missing",
         strata_bin().display()
     );
+    // The links are machine-wide: another run of this test at the same time (two
+    // checkouts tested at once) waits for this one.
+    let lock = fs::File::create(std::env::temp_dir().join("strata-mount-helper-test.lock")).unwrap();
+    lock.lock().unwrap();
     let _helper = Installed::new("/sbin/mount.strata", Path::new(HELPER));
 
     // mount -t strata
