@@ -223,7 +223,9 @@ fn sigkill_during_large_copy_up_leaves_old_or_complete_file() {
         let w = writer(s.m("big"), mark_at, stage.clone());
         // Even rounds: a random moment in the copy-up's usual duration (and a bit after).
         // Odd rounds: once the staged copy has reached a random part of the file, so the
-        // kill surely falls in the middle of the copy.
+        // kill surely falls in the middle of the copy. (A write-only open makes a
+        // metadata-only copy: the data is staged during the write, so the wait lasts
+        // until the write is acknowledged, not just the open.)
         let staged_at_kill;
         if round % 2 == 0 {
             let window = copy_time.as_micros() as u64 * 12 / 10;
@@ -234,7 +236,7 @@ fn sigkill_during_large_copy_up_leaves_old_or_complete_file() {
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 let n = staged_bytes(&s);
-                if n >= target || stage.load(Ordering::SeqCst) >= OPENED || Instant::now() > deadline {
+                if n >= target || stage.load(Ordering::SeqCst) >= WRITTEN || Instant::now() > deadline {
                     staged_at_kill = n;
                     break;
                 }
