@@ -206,7 +206,14 @@ impl Work {
 
 /// Whether the open upper file `fd` is a metadata-only copy (its data still below).
 pub fn is_metacopy(fd: BorrowedFd<'_>) -> Result<bool> {
-    Ok(layer::get_xattr(fd, OsStr::new(metacopy_xattr()))?.is_some())
+    // An fd open for I/O answers directly; an O_PATH one (EBADF) through /proc.
+    let mut v = [0u8; 0];
+    match rfs::fgetxattr(fd, metacopy_xattr(), &mut v[..]) {
+        Ok(_) | Err(Errno::RANGE) => Ok(true),
+        Err(Errno::NODATA) | Err(Errno::NOTSUP) => Ok(false),
+        Err(Errno::BADF) => Ok(layer::get_xattr(fd, OsStr::new(metacopy_xattr()))?.is_some()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Files smaller than this copy their data even for a metadata change: a metadata-only
@@ -228,11 +235,14 @@ pub enum Fill {
 
 /// The xattr that marks a metadata-only copy and names where its data lives.
 fn metacopy_xattr() -> &'static str {
-    if rustix::process::geteuid().is_root() {
-        "trusted.strata.metacopy"
-    } else {
-        "user.strata.metacopy"
-    }
+    static NAME: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        if rustix::process::geteuid().is_root() {
+            "trusted.strata.metacopy"
+        } else {
+            "user.strata.metacopy"
+        }
+    })
 }
 
 /// The access and modification times of a stat, to set on a copy.

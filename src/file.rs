@@ -215,16 +215,21 @@ impl Union {
     fn open_data(&self, node: &Node, flags: OFlags, write: bool) -> Result<(OwnedFd, bool)> {
         let mut top = node.top();
         let mut path = node.path()?;
-        if !write && self.layers[top].is_upper && node.kind() == FileType::RegularFile {
+        let mut fd = self.layers[top].open_file(&path, flags)?;
+        if !write
+            && self.layers[top].is_upper
+            && node.kind() == FileType::RegularFile
+            && crate::copy_up::is_metacopy(fd.as_fd())?
+        {
             // A metadata-only copy reads its data from the lower layer.
             let (parent, name) = split(&path);
             let dir = self.layers[top].dir(parent)?.ok_or(Errno::NOENT)?;
             if let Some((l, origin)) = self.metacopy_origin(dir.as_fd(), name)? {
                 top = l;
                 path = origin;
+                fd = self.layers[top].open_file(&path, flags)?;
             }
         }
-        let mut fd = self.layers[top].open_file(&path, flags)?;
         let mut lower = !self.layers[top].is_upper;
         if lower && node.kind() == FileType::RegularFile {
             // Another name of this lower file was copied up: read that copy.
