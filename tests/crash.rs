@@ -479,7 +479,7 @@ fn sigkill_during_unlinks_shows_each_file_or_its_whiteout() {
         }
     };
     let content = |i: usize| {
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             format!("upper {}", rels[i])
         } else {
             format!("lower {}", rels[i])

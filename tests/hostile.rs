@@ -921,7 +921,7 @@ fn tree_at_path_max_inside_the_layer() {
     let m = s.mount();
     let d = walk(&s.mnt, &comps).expect("walking the deep tree through the mount");
     assert_eq!(read_at(&d, &leaf).unwrap(), b"deep lower");
-    assert_eq!(list_at(&d), [leaf.clone()]);
+    assert_eq!(list_at(&d), std::slice::from_ref(&leaf));
     // Write: copies up the whole 40-directory chain.
     let f = rfs::openat(
         &d,
@@ -949,7 +949,7 @@ fn tree_at_path_max_inside_the_layer() {
     rfs::unlinkat(&d, leaf2.as_str(), AtFlags::empty()).unwrap();
     rfs::mkdirat(&d, "sub", Mode::from_raw_mode(0o755)).unwrap();
     rfs::unlinkat(&d, "sub", AtFlags::REMOVEDIR).unwrap();
-    assert_eq!(list_at(&d), [leaf.clone()]);
+    assert_eq!(list_at(&d), std::slice::from_ref(&leaf));
     drop(d);
     m.finish();
     let u = walk(&s.upper, &comps).unwrap();
@@ -1579,9 +1579,8 @@ fn whiteout_names_cannot_be_created_linked_or_renamed_to() {
                 Err(libc::EPERM),
                 "noreplace {what}"
             );
-            assert_eq!(
+            assert!(
                 rename2(&s.m("updir/h"), &p, libc::RENAME_EXCHANGE).err().is_some(),
-                true,
                 "exchange {what}"
             );
             assert!(!exists(&p), "{what} stat-able");

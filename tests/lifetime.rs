@@ -70,7 +70,7 @@ fn strata_pids_for(mnt: &Path) -> Vec<u32> {
                 .rsplit(')')
                 .next()
                 .is_some_and(|r| r.trim_start().starts_with('Z'));
-            (is_strata && !zombie && args.iter().any(|a| *a == mnt.as_os_str().as_encoded_bytes())).then_some(pid)
+            (is_strata && !zombie && args.contains(&mnt.as_os_str().as_encoded_bytes())).then_some(pid)
         })
         .collect()
 }
@@ -368,7 +368,7 @@ fn worker(
                             "mkdir {d}: {e}; through the mount: {:?}; in the upper: {:?}; whiteout in the upper: {}",
                             fs::symlink_metadata(own.join(&d)).map(|m| (m.file_type(), m.ino())),
                             fs::symlink_metadata(&upper).map(|m| (m.file_type(), m.ino())),
-                            exists(&s.u(&format!("own{t}/.wh.{d}")))
+                            exists(s.u(&format!("own{t}/.wh.{d}")))
                         ) + &format!(
                             "; history: {:?}; now {:?} before the end",
                             m.hist.get(&d),
@@ -541,7 +541,7 @@ fn verify_shared(s: &Stack, models: &[Model]) {
         assert!(got == want, "shared/big{k}: a racing first write was lost");
     }
     let log = read(s.m("shared/log"));
-    let mut next = vec![1u64; THREADS];
+    let mut next = [1u64; THREADS];
     for line in log.lines().skip(1) {
         let (t, n) = line.split_once(' ').unwrap_or_else(|| panic!("torn log line {line:?}"));
         let t: usize = t
