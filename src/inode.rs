@@ -37,6 +37,9 @@ pub struct Node {
     pub copy_lock: Mutex<()>,
     /// Known to carry no visible xattr: getxattr answers at once (`ls -l` asks two per file).
     pub no_xattrs: AtomicBool,
+    /// A directory a lookup has looked into: the next one reads its small lower
+    /// directories once (see `Listings::learn`).
+    pub looked_in: AtomicBool,
     /// Counts the times its data moved (copied up, filled, dropped): open handles
     /// reading it from where it was follow it.
     pub data_moves: AtomicU64,
@@ -54,6 +57,7 @@ impl Node {
             state: RwLock::new(state),
             copy_lock: Mutex::new(()),
             no_xattrs: AtomicBool::new(false),
+            looked_in: AtomicBool::new(false),
             gone: Mutex::new(None),
             data_moves: AtomicU64::new(0),
         }
@@ -155,6 +159,7 @@ impl InodeTable {
             state: RwLock::new(root),
             copy_lock: Mutex::new(()),
             no_xattrs: AtomicBool::new(false),
+            looked_in: AtomicBool::new(false),
             gone: Mutex::new(None),
             data_moves: AtomicU64::new(0),
         });
@@ -265,6 +270,7 @@ impl InodeTable {
             state: RwLock::new(state),
             copy_lock: Mutex::new(()),
             no_xattrs: AtomicBool::new(false),
+            looked_in: AtomicBool::new(false),
             gone: Mutex::new(None),
             data_moves: AtomicU64::new(0),
         });

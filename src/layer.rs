@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::num::NonZeroUsize;
 use std::sync::{Arc, OnceLock};
 
 use lru::LruCache;
@@ -112,8 +111,13 @@ impl Layer {
 
     /// Opens the directory at `rel` (not the root) as `dir` does, telling why it could
     /// not: ENOENT (nothing there), ENOTDIR or ELOOP (a non-directory or a symlink).
+    /// Without updating its access time where that is allowed, so that it can be read.
     pub fn open_dir(&self, rel: &Path) -> Result<OwnedFd> {
-        open_beneath(self.root.as_fd(), rel, OFlags::RDONLY | OFlags::DIRECTORY)
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY;
+        match open_beneath(self.root.as_fd(), rel, flags | OFlags::NOATIME) {
+            Err(Errno::PERM) => open_beneath(self.root.as_fd(), rel, flags),
+            r => r,
+        }
     }
 
     /// `lstat` of the entry at `rel`. `Ok(None)` when it does not exist. One system
@@ -213,22 +217,39 @@ pub fn file_type(st: &Stat) -> FileType {
     FileType::from_raw_mode(st.st_mode)
 }
 
+type Entries = Vec<(OsString, FileType, u64)>;
+
 /// Reads all entries of a directory (except `.` and `..`): (name, d_type, d_ino).
-pub fn read_dir(dir: BorrowedFd<'_>) -> Result<Vec<(OsString, FileType, u64)>> {
+pub fn read_dir(dir: BorrowedFd<'_>) -> Result<Entries> {
     // A fresh fd so the offset of `dir` is untouched and concurrent listings don't mix.
     let fd = open_noatime(dir, OsStr::new("."), OFlags::RDONLY | OFlags::DIRECTORY)?;
-    let mut buf = vec![MaybeUninit::<u8>::uninit(); 32 * 1024];
-    let mut raw = RawDir::new(&fd, &mut buf);
-    let mut out = Vec::new();
-    while let Some(ent) = raw.next() {
-        let ent = ent?;
-        let name = ent.file_name().to_bytes();
-        if name == b"." || name == b".." {
-            continue;
-        }
-        out.push((OsStr::from_bytes(name).to_os_string(), ent.file_type(), ent.ino()));
+    Ok(read_entries(fd.as_fd(), usize::MAX)?.unwrap_or_default())
+}
+
+/// Reads the entries of the directory open as `fd` from its offset (a fresh fd of the
+/// caller's): `None` as soon as there are more than `limit`.
+fn read_entries(fd: BorrowedFd<'_>, limit: usize) -> Result<Option<Entries>> {
+    // One buffer per thread: lookups in deep stacks read many small directories.
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<MaybeUninit<u8>>> =
+            std::cell::RefCell::new(vec![MaybeUninit::uninit(); 32 * 1024]);
     }
-    Ok(out)
+    BUF.with_borrow_mut(|buf| {
+        let mut raw = RawDir::new(fd, &mut buf[..]);
+        let mut out = Vec::new();
+        while let Some(ent) = raw.next() {
+            let ent = ent?;
+            let name = ent.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            if out.len() == limit {
+                return Ok(None);
+            }
+            out.push((OsStr::from_bytes(name).to_os_string(), ent.file_type(), ent.ino()));
+        }
+        Ok(Some(out))
+    })
 }
 
 /// `/proc/self/fd/N` path for xattr calls on an `O_PATH` fd (works for symlinks too).
@@ -318,6 +339,8 @@ pub struct Listing {
     pub opaque_aufs: bool,
     /// Carries `trusted.overlay.opaque` or `user.overlay.opaque` = `y`.
     pub opaque_xattr: bool,
+    /// Holds every entry (a directory too large for a lookup to keep has none).
+    pub complete: bool,
 }
 
 pub struct ListEntry {
@@ -330,9 +353,14 @@ pub struct ListEntry {
 
 impl Listing {
     fn read(dir: BorrowedFd<'_>) -> Result<Listing> {
+        Ok(Listing::new(read_dir(dir)?, dir))
+    }
+
+    /// The listing of `entries`, read from the directory open as `dir`.
+    fn new(read: Entries, dir: BorrowedFd<'_>) -> Listing {
         let mut entries = Vec::new();
         let mut index = HashMap::new();
-        for (name, kind, ino) in read_dir(dir)? {
+        for (name, kind, ino) in read {
             index.insert(name.clone(), entries.len());
             entries.push(ListEntry {
                 name,
@@ -343,11 +371,23 @@ impl Listing {
         }
         let opaque_aufs = index.contains_key(OsStr::new(crate::whiteout::OPAQUE));
         let opaque_xattr = crate::whiteout::has_opaque_xattr(dir);
-        Ok(Listing {
+        Listing {
             entries,
             index,
             opaque_aufs,
             opaque_xattr,
+            complete: true,
+        }
+    }
+
+    /// No entries, only whether the directory open as `dir` is opaque.
+    fn incomplete(dir: BorrowedFd<'_>) -> Result<Listing> {
+        Ok(Listing {
+            entries: Vec::new(),
+            index: HashMap::new(),
+            opaque_aufs: stat_at(dir, OsStr::new(crate::whiteout::OPAQUE))?.is_some(),
+            opaque_xattr: crate::whiteout::has_opaque_xattr(dir),
+            complete: false,
         })
     }
 
@@ -369,20 +409,79 @@ impl ListEntry {
 
 /// Listings of lower-layer directories (and the knowledge that a layer has no
 /// directory at a path), least recently used dropped first.
-pub struct Listings(Mutex<LruCache<ListingKey, Option<Arc<Listing>>>>);
+pub struct Listings {
+    lists: Mutex<Lru<Option<Arc<Listing>>>>,
+}
+
+/// An LRU map of at most `cap` entries that grows as it fills (`LruCache::new` sizes
+/// its table for `cap` at once, and each first insert then faults in a fresh page:
+/// about a microsecond a lookup, per layer, on a new mount).
+struct Lru<V> {
+    map: LruCache<ListingKey, V>,
+    cap: usize,
+}
+
+impl<V> Lru<V> {
+    fn new(cap: usize) -> Lru<V> {
+        Lru {
+            map: LruCache::unbounded(),
+            cap: cap.max(1),
+        }
+    }
+
+    fn get(&mut self, k: &ListingKey) -> Option<&V> {
+        self.map.get(k)
+    }
+
+    fn put(&mut self, k: ListingKey, v: V) {
+        self.map.put(k, v);
+        while self.map.len() > self.cap {
+            self.map.pop_lru();
+        }
+    }
+}
 
 /// (layer index, directory path in it).
 type ListingKey = (usize, PathBuf);
 
+/// The largest directory a lookup keeps the listing of (see `Listings::learn`).
+pub const LEARN_MAX: usize = 512;
+
 impl Listings {
     pub fn new(dirs: usize) -> Listings {
-        Listings(Mutex::new(LruCache::new(NonZeroUsize::new(dirs.max(1)).unwrap())))
+        Listings {
+            lists: Mutex::new(Lru::new(dirs)),
+        }
     }
 
     /// What is kept for directory `rel` of lower layer `layer`, without reading it:
     /// `None` when nothing is kept yet.
     pub fn cached(&self, layer: &Layer, rel: &Path) -> Option<Option<Arc<Listing>>> {
-        self.0.lock().get(&(layer.index, rel.to_path_buf())).cloned()
+        self.lists.lock().get(&(layer.index, rel.to_path_buf())).cloned()
+    }
+
+    /// Reads and keeps the listing of lower directory `rel` of `layer` when it has at
+    /// most `LEARN_MAX` entries: the names below it then cost no system call in that
+    /// layer. A larger one is kept as an incomplete listing (its opacity only), so that
+    /// it is not read again. `None` when the layer has no directory there.
+    pub fn learn(&self, layer: &Layer, rel: &Path) -> Result<Option<Arc<Listing>>> {
+        debug_assert!(!layer.is_upper);
+        let fd = if rel.as_os_str().is_empty() {
+            open_noatime(layer.root(), OsStr::new("."), OFlags::RDONLY | OFlags::DIRECTORY)
+        } else {
+            layer.open_dir(rel)
+        };
+        let fd = match fd {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::LOOP) | Err(Errno::XDEV) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let l = Arc::new(match read_entries(fd.as_fd(), LEARN_MAX)? {
+            Some(entries) => Listing::new(entries, fd.as_fd()),
+            None => Listing::incomplete(fd.as_fd())?,
+        });
+        self.lists.lock().put((layer.index, rel.to_path_buf()), Some(l.clone()));
+        Ok(Some(l))
     }
 
     /// The listing of directory `rel` of lower layer `layer`; `None` when the layer has
@@ -390,14 +489,19 @@ impl Listings {
     pub fn get(&self, layer: &Layer, rel: &Path) -> Result<Option<Arc<Listing>>> {
         debug_assert!(!layer.is_upper);
         let key = (layer.index, rel.to_path_buf());
-        if let Some(l) = self.0.lock().get(&key) {
+        if let Some(l) = self
+            .lists
+            .lock()
+            .get(&key)
+            .filter(|l| l.as_ref().is_none_or(|l| l.complete))
+        {
             return Ok(l.clone());
         }
         let l = match layer.dir(rel)? {
             Some(dir) => Some(Arc::new(Listing::read(dir.as_fd())?)),
             None => None,
         };
-        self.0.lock().put(key, l.clone());
+        self.lists.lock().put(key, l.clone());
         Ok(l)
     }
 }

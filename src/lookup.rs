@@ -43,19 +43,28 @@ impl Union {
     /// What layer `l` holds under `name` in its directory `parent`.
     ///
     /// The upper, and lower directories not listed yet, are asked on disk (a few system
-    /// calls); lower directories already listed (by a readdir) answer from the listing.
+    /// calls); lower directories already listed (by a readdir, or by a second lookup
+    /// in them) answer from the listing.
     ///
     /// `top`: no layer above holds the name, so this one decides its type and stat.
     /// Otherwise a directory was found above, and only another directory counts here.
-    fn probe(&self, l: usize, parent: &Path, name: &OsStr, top: bool) -> Result<Probe> {
+    fn probe(&self, l: usize, parent: &Path, name: &OsStr, top: bool, learn: bool) -> Result<Probe> {
         let layer = &self.layers[l];
         if layer.is_upper {
             return self.probe_disk(l, parent, name, top);
         }
         match self.listings.cached(layer, parent) {
+            // A directory looked into before is read once, if small: the names asked
+            // for next answer from its listing (see `Listings::learn`).
+            None if learn => match self.listings.learn(layer, parent)? {
+                Some(list) if list.complete => self.probe_listing(l, &list, parent, name, top),
+                Some(_) => self.probe_disk(l, parent, name, top),
+                None => Ok(Probe::Absent),
+            },
             None => self.probe_disk(l, parent, name, top),
             Some(None) => Ok(Probe::Absent),
-            Some(Some(list)) => self.probe_listing(l, &list, parent, name, top),
+            Some(Some(list)) if list.complete => self.probe_listing(l, &list, parent, name, top),
+            Some(Some(_)) => self.probe_disk(l, parent, name, top),
         }
     }
 
@@ -131,7 +140,7 @@ impl Union {
 
     /// Type and stat of `name` in directory `parent` of layer `l`, if it holds one.
     pub fn lower_entry(&self, l: usize, parent: &Path, name: &OsStr) -> Result<Option<(FileType, Stat)>> {
-        Ok(match self.probe(l, parent, name, true)? {
+        Ok(match self.probe(l, parent, name, true, false)? {
             Probe::Entry {
                 kind, stat: Some(st), ..
             } => Some((kind, st)),
@@ -157,6 +166,18 @@ impl Union {
 
     /// Resolves `name` in the merged directory at `parent`, which spans `parent_layers`.
     pub fn resolve(&self, parent_layers: &[usize], parent: &Path, name: &OsStr) -> Result<Option<Found>> {
+        self.resolve_learning(parent_layers, parent, name, false)
+    }
+
+    /// `resolve`; with `learn`, lower directories of `parent` not listed yet are read
+    /// (when small) to answer.
+    fn resolve_learning(
+        &self,
+        parent_layers: &[usize],
+        parent: &Path,
+        name: &OsStr,
+        learn: bool,
+    ) -> Result<Option<Found>> {
         if name.len() > NAME_MAX {
             return Err(Errno::NAMETOOLONG);
         }
@@ -165,7 +186,7 @@ impl Union {
         }
         let mut found: Option<Found> = None;
         for &l in parent_layers {
-            match self.probe(l, parent, name, found.is_none())? {
+            match self.probe(l, parent, name, found.is_none(), learn)? {
                 Probe::Absent => continue,
                 Probe::Whiteout => break,
                 Probe::Entry { kind, stat, opaque } => {
@@ -197,7 +218,10 @@ impl Union {
             return Err(Errno::NOTDIR);
         }
         let ppath = parent.path()?;
-        let found = self.resolve(&st.layers, &ppath, name)?;
+        // The second lookup in a directory reads its small lower directories: a
+        // directory looked into once (one path resolved through a deep stack) is not.
+        let learn = parent.looked_in.swap(true, std::sync::atomic::Ordering::Relaxed);
+        let found = self.resolve_learning(&st.layers, &ppath, name, learn)?;
         Ok((ppath.join(name), found))
     }
 

@@ -704,3 +704,74 @@ fn renamed_lower_directory_keeps_its_mtime() {
     assert_eq!(fs::metadata(s.m("e")).unwrap().mtime(), 1_000_000_000);
     assert_eq!(fs::metadata(s.u("e")).unwrap().mtime(), 1_000_000_000);
 }
+
+/// The second lookup in a directory reads its small lower directories once, and
+/// later names in them are answered from those listings: whiteouts of both forms,
+/// opaque directories (both forms) and plain names must come out as on disk, in a
+/// small directory (kept whole) and in one too large to keep (asked on disk).
+#[test]
+fn lookups_answered_from_kept_listings_see_what_is_on_disk() {
+    let s = Stack::new(3);
+    let big = 700; // more entries than a lookup keeps
+    for (dir, n) in [("small", 20), ("big", big)] {
+        for i in 0..n {
+            write(s.l(2, &format!("{dir}/bottom{i}")), "2");
+            if i % 2 == 0 {
+                write(s.l(1, &format!("{dir}/mid{i}")), "1");
+            }
+        }
+        write(s.l(0, &format!("{dir}/first")), "0");
+        // Whiteouts in the top lower: AUFS form and overlayfs form.
+        write(s.l(0, &format!("{dir}/.wh.bottom1")), "");
+        overlay_whiteout(&s.l(0, &format!("{dir}/bottom2")));
+        write(s.l(1, &format!("{dir}/.wh.bottom3")), "");
+        // Opaque directories in the middle layer hide the bottom's.
+        for (sub, aufs) in [("opq_aufs", true), ("opq_xattr", false)] {
+            write(s.l(2, &format!("{dir}/{sub}/hidden")), "2");
+            write(s.l(1, &format!("{dir}/{sub}/shown")), "1");
+            if aufs {
+                write(s.l(1, &format!("{dir}/{sub}/.wh..wh..opq")), "");
+            } else {
+                setxattr(&s.l(1, &format!("{dir}/{sub}")), "trusted.overlay.opaque", b"y").unwrap();
+            }
+        }
+        write(s.l(2, &format!("{dir}/merged/low")), "2");
+        write(s.l(0, &format!("{dir}/merged/high")), "0");
+    }
+    let m = s.mount();
+    for dir in ["small", "big"] {
+        let p = |n: &str| s.m(&format!("{dir}/{n}"));
+        // The first lookup in the directory asks each layer on disk; the ones after
+        // it use the listings.
+        assert_eq!(read(p("first")), "0", "{dir}");
+        for (name, want) in [
+            ("bottom0", Some("2")),
+            ("bottom1", None),
+            ("bottom2", None),
+            ("bottom3", None),
+            ("bottom4", Some("2")),
+            ("mid4", Some("1")),
+            ("mid5", None),
+            ("nothing", None),
+            ("opq_aufs/shown", Some("1")),
+            ("opq_aufs/hidden", None),
+            ("opq_xattr/shown", Some("1")),
+            ("opq_xattr/hidden", None),
+            ("merged/low", Some("2")),
+            ("merged/high", Some("0")),
+            (".wh.bottom1", None),
+        ] {
+            match want {
+                Some(v) => assert_eq!(read(p(name)), v, "{dir}/{name}"),
+                None => assert!(!exists(p(name)), "{dir}/{name} must not be visible"),
+            }
+        }
+        let listed = names(s.m(dir));
+        assert!(!listed
+            .iter()
+            .any(|n| n == "bottom1" || n == "bottom2" || n == "bottom3"));
+        assert!(listed.iter().any(|n| n == "bottom5") && listed.iter().any(|n| n == "mid6"));
+    }
+    assert_eq!(names(s.m("big")).len(), big - 3 + big / 2 + 4);
+    m.finish();
+}
