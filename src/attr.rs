@@ -199,25 +199,22 @@ impl Union {
     }
 
     pub fn setattr(&self, node: &Node, mut sa: SetAttr, who: Writer) -> Result<Stat> {
+        let only_mode =
+            sa.uid.is_none() && sa.gid.is_none() && sa.size.is_none() && sa.atime.is_none() && sa.mtime.is_none();
         if self.killpriv.load(Ordering::Relaxed) && sa.mode.is_none() && node.kind() == FileType::RegularFile {
             // Under FUSE_HANDLE_KILLPRIV_V2 the kernel leaves the set-id bits to strata.
             // It sends a setattr with nothing in it when it decided they go (a chown to
             // the same owner, or a passthrough write by someone without CAP_FSETID), and
             // a truncation by anyone but root drops them too (no CAP_FSETID then).
-            let nothing =
-                sa.uid.is_none() && sa.gid.is_none() && sa.size.is_none() && sa.atime.is_none() && sa.mtime.is_none();
-            if nothing || (sa.size.is_some() && who.uid != 0) {
+            if only_mode || (sa.size.is_some() && who.uid != 0) {
                 let st = self.getattr(node, sa.fh)?;
                 sa.mode = self.killed_mode(&st, who);
+                if only_mode && sa.mode.is_none() {
+                    return Ok(st);
+                }
             }
         }
-        let nothing = sa.mode.is_none()
-            && sa.uid.is_none()
-            && sa.gid.is_none()
-            && sa.size.is_none()
-            && sa.atime.is_none()
-            && sa.mtime.is_none();
-        if nothing {
+        if only_mode && sa.mode.is_none() {
             return self.getattr(node, sa.fh);
         }
         // Through an open handle on the upper copy when there is one: that also works

@@ -316,17 +316,15 @@ impl Union {
                     *h.backing.lock() = Some(id.clone());
                     Io::Passthrough(id)
                 }
-                (true, Ok(key), None) if n.others == 0 => match open_backing.take().map(|f| f(fd.as_fd())) {
-                    Some(Ok(id)) => {
+                (true, Ok(key), None) if n.others == 0 => match open_backing.take().expect("chosen once")(fd.as_fd()) {
+                    Ok(id) => {
                         let id = Arc::new(id);
                         n.backing = Some((Arc::downgrade(&id), key));
                         *h.backing.lock() = Some(id.clone());
                         Io::Passthrough(id)
                     }
-                    e => {
-                        if let Some(Err(e)) = e {
-                            tracing::warn!("FUSE passthrough unavailable ({e}); serving I/O through the daemon");
-                        }
+                    Err(e) => {
+                        tracing::warn!("FUSE passthrough unavailable ({e}); serving I/O through the daemon");
                         self.passthrough.store(false, Ordering::Relaxed);
                         count(n);
                         Io::Cached {
