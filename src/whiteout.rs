@@ -80,15 +80,6 @@ impl Forms {
     }
 }
 
-/// Whether NAME is whited out in directory `dir` of a layer (the entry itself is
-/// absent, or is an overlayfs whiteout device).
-pub fn has_whiteout(dir: BorrowedFd<'_>, name: &OsStr, forms: Forms) -> Result<bool> {
-    if !forms.aufs {
-        return Ok(false);
-    }
-    Ok(layer::stat_at(dir, &whiteout_name(name))?.is_some())
-}
-
 /// Whether the directory open as `dir` is opaque (hides everything in lower layers).
 pub fn is_opaque(dir: BorrowedFd<'_>, forms: Forms) -> Result<bool> {
     if forms.aufs && layer::stat_at(dir, OsStr::new(OPAQUE))?.is_some() {
