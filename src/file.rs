@@ -156,17 +156,9 @@ fn handle(node: &Arc<Node>, fd: OwnedFd, flags: OFlags, writable: bool, lower: b
 /// I/O mode for an open that cannot pass through (of a lower file, or of a metadata-only
 /// copy), so that another request can complete a copy and pass I/O through to it
 /// meanwhile.
-fn pause_for_tests() {
+fn pause_before_io_mode() {
     static MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let ms = *MS.get_or_init(|| {
-        std::env::var("STRATA_TEST_PAUSE_IO_MODE_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    });
-    if ms > 0 {
-        std::thread::sleep(std::time::Duration::from_millis(ms));
-    }
+    crate::mount::pause_for_tests("STRATA_TEST_PAUSE_IO_MODE_MS", &MS);
 }
 
 /// Open flags passed on to the backing file.
@@ -286,7 +278,7 @@ impl Union {
                 && !h.lower.load(Ordering::Relaxed)
                 && !h.pending.load(Ordering::Relaxed);
             if !pass && !caught_up {
-                pause_for_tests();
+                pause_before_io_mode();
             }
             let fd = h.fd();
             let key = rfs::fstat(&*fd).map(|st| (st.st_dev, st.st_ino));

@@ -421,18 +421,23 @@ fn mount_fuse(
     mount(fsname, mountpoint, "fuse.strata", flags, Some(data.as_c_str()))?;
     // Fault injection for the tests: hold the daemon between its mount and its first
     // read of the connection.
-    if let Some(ms) = std::env::var("STRATA_TEST_PAUSE_BEFORE_INIT_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        std::thread::sleep(std::time::Duration::from_millis(ms));
-    }
+    static BEFORE_INIT: OnceLock<u64> = OnceLock::new();
+    pause_for_tests("STRATA_TEST_PAUSE_BEFORE_INIT_MS", &BEFORE_INIT);
     match fuser::Session::from_fd(fs, dev, config.acl, config.clone()) {
         Ok(s) => Ok((s, true)),
         Err(e) => {
             let _ = unmount(mountpoint, UnmountFlags::DETACH);
             Err(e)
         }
+    }
+}
+
+/// Fault injection for the tests: sleeps for the milliseconds given in environment
+/// variable `var` (read once, into `ms`), if any.
+pub fn pause_for_tests(var: &str, ms: &OnceLock<u64>) {
+    let ms = *ms.get_or_init(|| std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(0));
+    if ms > 0 {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
     }
 }
 
