@@ -3,6 +3,7 @@
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -37,6 +38,9 @@ pub struct SetAttr {
     pub mtime: Option<TimeOrNow>,
     pub fh: Option<u64>,
 }
+
+/// The SELinux label's xattr name (see `Union::getxattr`).
+const SELINUX_XATTR: &[u8] = b"security.selinux";
 
 fn time(sec: i64, nsec: i64) -> SystemTime {
     if sec >= 0 {
@@ -302,7 +306,21 @@ impl Union {
         }
     }
 
+    /// getxattr(2) as the mount answers it. A file without a `security.selinux`
+    /// label answers ENOTSUP rather than ENODATA (unless `unlabeled=enodata`): the
+    /// request only comes here when no security module answers for that name, and
+    /// `ls -l` and libselinux users then stop asking for the rest of the mount, which
+    /// spares a round trip per file listed. A label that is there is returned.
     pub fn getxattr(&self, node: &Node, name: &OsStr) -> Result<Vec<u8>> {
+        match self.xattr_value(node, name) {
+            Err(Errno::NODATA) if self.cfg.unlabeled_enotsup && name.as_bytes() == SELINUX_XATTR => {
+                Err(Errno::NOTSUP)
+            }
+            r => r,
+        }
+    }
+
+    fn xattr_value(&self, node: &Node, name: &OsStr) -> Result<Vec<u8>> {
         if whiteout::is_internal_xattr(name) {
             return Err(Errno::NODATA);
         }
@@ -331,7 +349,7 @@ impl Union {
         let mut out = Vec::new();
         for n in layer::list_xattrs(fd.as_fd())? {
             if !whiteout::is_internal_xattr(&n) {
-                out.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(n.as_os_str()));
+                out.extend_from_slice(n.as_os_str().as_bytes());
                 out.push(0);
             }
         }
@@ -355,7 +373,7 @@ impl Union {
         }
         let _ns = self.ns.read_recursive();
         // Nothing to copy up for an attribute that is not there.
-        self.getxattr(node, name)?;
+        self.xattr_value(node, name)?;
         self.copy_up_meta(node)?;
         let fd = self.xattr_fd(node, 0)?;
         layer::remove_xattr(fd.as_fd(), name)

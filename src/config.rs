@@ -49,6 +49,8 @@ pub struct Config {
     /// Clear set-id bits and file capabilities on writes here (FUSE_HANDLE_KILLPRIV_V2)
     /// instead of the kernel asking for `security.capability` before every write.
     pub killpriv: bool,
+    /// A missing `security.selinux` label answers ENOTSUP, not ENODATA (`unlabeled=`).
+    pub unlabeled_enotsup: bool,
     /// Kernel entry/attr cache timeout.
     pub timeout: Duration,
     pub whiteout_form: WhiteoutForm,
@@ -80,6 +82,7 @@ impl Default for Config {
             fsync_copy_up: false,
             passthrough: true,
             killpriv: true,
+            unlabeled_enotsup: true,
             timeout: Duration::from_secs(86400),
             whiteout_form: WhiteoutForm::Both,
             read_only: false,
@@ -257,6 +260,17 @@ pub fn apply_opts(cfg: &mut Config, opts: &str) -> Result<(), String> {
             "threads" => cfg.threads = number(key, need(key, val)?)?,
             "passthrough" => cfg.passthrough = number::<u8>(key, need(key, val)?)? != 0,
             "killpriv" => cfg.killpriv = number::<u8>(key, need(key, val)?)? != 0,
+            "unlabeled" => {
+                cfg.unlabeled_enotsup = match need(key, val)? {
+                    "enotsup" => true,
+                    "enodata" => false,
+                    v => {
+                        return Err(format!(
+                            "invalid value '{v}' for option 'unlabeled': expected enotsup or enodata"
+                        ))
+                    }
+                }
+            }
             "ro" => cfg.read_only = true,
             "whiteout" => {
                 cfg.whiteout_form = match need(key, val)? {
@@ -404,6 +418,8 @@ mod tests {
             parse("lowerdir=/l,timeout=0.5,threads=3,ro,whiteout=aufs,fsync=1,squash_to_root,allow_root,killpriv=0");
         assert!(!c.killpriv && c.passthrough);
         assert!(parse("lowerdir=/l").killpriv);
+        assert!(parse("lowerdir=/l").unlabeled_enotsup);
+        assert!(!parse("lowerdir=/l,unlabeled=enodata").unlabeled_enotsup);
         assert_eq!(c.timeout, Duration::from_millis(500));
         assert_eq!(c.threads, 3);
         assert!(c.read_only && c.fsync_copy_up && c.allow_other);
