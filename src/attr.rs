@@ -313,9 +313,7 @@ impl Union {
     /// spares a round trip per file listed. A label that is there is returned.
     pub fn getxattr(&self, node: &Node, name: &OsStr) -> Result<Vec<u8>> {
         match self.xattr_value(node, name) {
-            Err(Errno::NODATA) if self.cfg.unlabeled_enotsup && name.as_bytes() == SELINUX_XATTR => {
-                Err(Errno::NOTSUP)
-            }
+            Err(Errno::NODATA) if self.cfg.unlabeled_enotsup && name.as_bytes() == SELINUX_XATTR => Err(Errno::NOTSUP),
             r => r,
         }
     }

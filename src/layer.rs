@@ -33,12 +33,19 @@ pub struct Layer {
     pub path: PathBuf,
     root: OwnedFd,
     pub dev: u64,
+    /// A lower layer's directories opened before, or known not to be there (the
+    /// error): a lower never changes, so they are kept, and a lookup through a deep
+    /// stack costs one `fstatat` in each layer instead of a walk from its root. The
+    /// fds are only used with `*at` calls (never read from: see `read_dir`).
+    dirs: Option<Mutex<Lru<PathBuf, std::result::Result<Arc<OwnedFd>, Errno>>>>,
 }
 
 /// A directory fd inside a layer: the layer root itself, or one opened below it.
 pub enum DirFd<'a> {
     Root(BorrowedFd<'a>),
     Owned(OwnedFd),
+    /// Kept by a lower layer.
+    Kept(Arc<OwnedFd>),
 }
 
 impl AsFd for DirFd<'_> {
@@ -46,6 +53,7 @@ impl AsFd for DirFd<'_> {
         match self {
             DirFd::Root(fd) => *fd,
             DirFd::Owned(fd) => fd.as_fd(),
+            DirFd::Kept(fd) => fd.as_fd(),
         }
     }
 }
@@ -80,7 +88,14 @@ impl Layer {
             path: path.to_path_buf(),
             root,
             dev: st.st_dev,
+            dirs: None,
         })
+    }
+
+    /// Keeps up to `cap` directory fds of this (lower) layer from now on.
+    pub fn keep_dirs(&mut self, cap: usize) {
+        debug_assert!(!self.is_upper);
+        self.dirs = Some(Mutex::new(Lru::new(cap)));
     }
 
     /// Whether two layers are one directory (reached by different paths, e.g. a bind
@@ -99,14 +114,33 @@ impl Layer {
     /// Opens the directory at `rel` (relative to the layer root) without following any
     /// symlink on the way. `Ok(None)` when it does not exist or is not a directory.
     pub fn dir(&self, rel: &Path) -> Result<Option<DirFd<'_>>> {
-        if rel.as_os_str().is_empty() {
-            return Ok(Some(DirFd::Root(self.root.as_fd())));
-        }
-        match self.open_dir(rel) {
-            Ok(fd) => Ok(Some(DirFd::Owned(fd))),
+        match self.dir_or_why(rel) {
+            Ok(fd) => Ok(Some(fd)),
             Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::LOOP) | Err(Errno::XDEV) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// `dir`, telling why there is none as `open_dir` does. A lower layer's directory
+    /// comes from (and goes into) the kept ones.
+    pub fn dir_or_why(&self, rel: &Path) -> Result<DirFd<'_>> {
+        if rel.as_os_str().is_empty() {
+            return Ok(DirFd::Root(self.root.as_fd()));
+        }
+        let Some(dirs) = &self.dirs else {
+            return self.open_dir(rel).map(DirFd::Owned);
+        };
+        if let Some(kept) = dirs.lock().get(&rel.to_path_buf()) {
+            return kept.clone().map(DirFd::Kept);
+        }
+        let r = match self.open_dir(rel) {
+            Ok(fd) => Ok(Arc::new(fd)),
+            Err(e @ (Errno::NOENT | Errno::NOTDIR | Errno::LOOP | Errno::XDEV)) => Err(e),
+            // Not an answer about the layer (EMFILE, EACCES...): not kept.
+            Err(e) => return Err(e),
+        };
+        dirs.lock().put(rel.to_path_buf(), r.clone());
+        r.map(DirFd::Kept)
     }
 
     /// Opens the directory at `rel` (not the root) as `dir` does, telling why it could
@@ -127,6 +161,12 @@ impl Layer {
         let (parent, name) = split(rel);
         if parent.as_os_str().is_empty() {
             return stat_at(self.root.as_fd(), name);
+        }
+        if self.dirs.is_some() {
+            return match self.dir(parent)? {
+                Some(d) => stat_at(d.as_fd(), name),
+                None => Ok(None),
+            };
         }
         match open_beneath(self.root.as_fd(), rel, OFlags::PATH) {
             Ok(fd) => rfs::fstat(&fd).map(Some),
@@ -410,30 +450,30 @@ impl ListEntry {
 /// Listings of lower-layer directories (and the knowledge that a layer has no
 /// directory at a path), least recently used dropped first.
 pub struct Listings {
-    lists: Mutex<Lru<Option<Arc<Listing>>>>,
+    lists: Mutex<Lru<ListingKey, Option<Arc<Listing>>>>,
 }
 
 /// An LRU map of at most `cap` entries that grows as it fills (`LruCache::new` sizes
 /// its table for `cap` at once, and each first insert then faults in a fresh page:
 /// about a microsecond a lookup, per layer, on a new mount).
-struct Lru<V> {
-    map: LruCache<ListingKey, V>,
+struct Lru<K, V> {
+    map: LruCache<K, V>,
     cap: usize,
 }
 
-impl<V> Lru<V> {
-    fn new(cap: usize) -> Lru<V> {
+impl<K: std::hash::Hash + Eq, V> Lru<K, V> {
+    fn new(cap: usize) -> Lru<K, V> {
         Lru {
             map: LruCache::unbounded(),
             cap: cap.max(1),
         }
     }
 
-    fn get(&mut self, k: &ListingKey) -> Option<&V> {
+    fn get(&mut self, k: &K) -> Option<&V> {
         self.map.get(k)
     }
 
-    fn put(&mut self, k: ListingKey, v: V) {
+    fn put(&mut self, k: K, v: V) {
         self.map.put(k, v);
         while self.map.len() > self.cap {
             self.map.pop_lru();
@@ -466,16 +506,13 @@ impl Listings {
     /// it is not read again. `None` when the layer has no directory there.
     pub fn learn(&self, layer: &Layer, rel: &Path) -> Result<Option<Arc<Listing>>> {
         debug_assert!(!layer.is_upper);
-        let fd = if rel.as_os_str().is_empty() {
-            open_noatime(layer.root(), OsStr::new("."), OFlags::RDONLY | OFlags::DIRECTORY)
-        } else {
-            layer.open_dir(rel)
-        };
-        let fd = match fd {
-            Ok(fd) => fd,
+        let dir = match layer.dir_or_why(rel) {
+            Ok(d) => d,
             Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::LOOP) | Err(Errno::XDEV) => return Ok(None),
             Err(e) => return Err(e),
         };
+        // Read from a fresh fd: the kept one is shared.
+        let fd = open_noatime(dir.as_fd(), OsStr::new("."), OFlags::RDONLY | OFlags::DIRECTORY)?;
         let l = Arc::new(match read_entries(fd.as_fd(), LEARN_MAX)? {
             Some(entries) => Listing::new(entries, fd.as_fd()),
             None => Listing::incomplete(fd.as_fd())?,

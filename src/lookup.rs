@@ -77,7 +77,7 @@ impl Union {
         if !top {
             // Below a directory: open the name as one. That tells its type and gives
             // the fd its opacity is read from.
-            return match layer.open_dir(&rel) {
+            return match layer.dir_or_why(&rel) {
                 Ok(dir) => Ok(Probe::Entry {
                     kind: FileType::Directory,
                     stat: None,

@@ -17,6 +17,8 @@ use crate::file::Handles;
 use crate::inode::{InodeTable, State};
 use crate::layer::{Layer, Listings};
 
+/// How many lower-layer directory fds are kept open, at most, over all lowers.
+const KEPT_DIR_FDS: usize = 4096;
 /// How many lower-layer directory listings are kept.
 const LISTED_DIRS: usize = 16384;
 use crate::readdir::DirHandles;
@@ -87,6 +89,16 @@ impl Union {
                 ));
             }
             canon.push(c);
+        }
+        // Lower directories opened by lookups are kept open (see `Layer::keep_dirs`),
+        // within a quarter of the fds this process may have.
+        let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .unwrap_or(1024) as usize;
+        let lowers = layers.iter().filter(|l| !l.is_upper).count().max(1);
+        let per_layer = ((nofile / 4).clamp(64, KEPT_DIR_FDS) / lowers).max(4);
+        for l in layers.iter_mut().filter(|l| !l.is_upper) {
+            l.keep_dirs(per_layer);
         }
         let mp = canonical(&cfg.mountpoint).map_err(|e| format!("mount point {e}"))?;
         if !mp.is_dir() {

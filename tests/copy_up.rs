@@ -431,27 +431,64 @@ fn missing_selinux_labels_answer_not_supported() {
         libc::EOPNOTSUPP,
         "label of an unlabelled file",
     );
-    assert_errno(get_xattr(m.path(), "security.selinux"), libc::EOPNOTSUPP, "label of the root");
+    assert_errno(
+        get_xattr(m.path(), "security.selinux"),
+        libc::EOPNOTSUPP,
+        "label of the root",
+    );
     // Other names keep ext4's answer.
-    assert_errno(get_xattr(&m.p("plain"), "user.none"), libc::ENODATA, "missing user xattr");
-    assert_errno(get_xattr(&m.p("plain"), "security.ima"), libc::ENODATA, "missing security xattr");
+    assert_errno(
+        get_xattr(&m.p("plain"), "user.none"),
+        libc::ENODATA,
+        "missing user xattr",
+    );
+    assert_errno(
+        get_xattr(&m.p("plain"), "security.ima"),
+        libc::ENODATA,
+        "missing security xattr",
+    );
     assert_eq!(get_xattr(&m.p("labelled"), "security.selinux").unwrap(), label);
-    assert!(list_xattr(&m.p("labelled")).unwrap().contains(&"security.selinux".to_string()));
+    assert!(list_xattr(&m.p("labelled"))
+        .unwrap()
+        .contains(&"security.selinux".to_string()));
     // ls -l asks once, is told "not supported", and still lists every file.
-    let out = std::process::Command::new("ls").arg("-l").arg(m.path()).output().unwrap();
+    let out = std::process::Command::new("ls")
+        .arg("-l")
+        .arg(m.path())
+        .output()
+        .unwrap();
     assert!(out.status.success(), "ls -l: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3, "total line + 2 files");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        3,
+        "total line + 2 files"
+    );
     // Removing a label that is not there is ENODATA, as on ext4; one that is goes.
-    assert_errno(remove_xattr(&m.p("plain"), "security.selinux"), libc::ENODATA, "remove missing label");
+    assert_errno(
+        remove_xattr(&m.p("plain"), "security.selinux"),
+        libc::ENODATA,
+        "remove missing label",
+    );
     set_xattr(&m.p("plain"), "security.selinux", label).unwrap();
     assert_eq!(get_xattr(&m.p("plain"), "security.selinux").unwrap(), label);
     remove_xattr(&m.p("labelled"), "security.selinux").unwrap();
-    assert_errno(get_xattr(&m.p("labelled"), "security.selinux"), libc::EOPNOTSUPP, "removed label");
+    assert_errno(
+        get_xattr(&m.p("labelled"), "security.selinux"),
+        libc::EOPNOTSUPP,
+        "removed label",
+    );
     m.finish();
-    assert_eq!(get_xattr(&fx.lower(0).path().join("labelled"), "security.selinux").unwrap(), label);
+    assert_eq!(
+        get_xattr(&fx.lower(0).path().join("labelled"), "security.selinux").unwrap(),
+        label
+    );
 
     let m = fx.mount_opts("unlabeled=enodata");
-    assert_errno(get_xattr(&m.p("labelled"), "security.selinux"), libc::ENODATA, "with unlabeled=enodata");
+    assert_errno(
+        get_xattr(&m.p("labelled"), "security.selinux"),
+        libc::ENODATA,
+        "with unlabeled=enodata",
+    );
     assert_eq!(get_xattr(&m.p("plain"), "security.selinux").unwrap(), label);
     m.finish();
 }
