@@ -15,7 +15,7 @@ use rustix::io::Errno;
 
 use crate::config::IdMap;
 use crate::inode::Node;
-use crate::layer::{self, split, Result};
+use crate::layer::{self, split, DirFd, Result, XattrFd};
 use crate::mount::Union;
 use crate::whiteout;
 
@@ -288,12 +288,59 @@ impl Union {
         )
     }
 
-    fn xattr_fd(&self, node: &Node, layer: usize) -> Result<std::os::fd::OwnedFd> {
+    /// The fd a node's xattrs are read or changed through, in layer `layer`. Regular
+    /// files and directories are opened for reading (one call less for each xattr call,
+    /// and a lower directory is kept open already); others, and files the daemon may
+    /// not read, as `O_PATH`.
+    fn xattr_fd(&self, node: &Node, layer: usize) -> Result<XattrFd<'_>> {
         let path = node.path()?;
+        let l = &self.layers[layer];
+        let kind = node.kind();
+        if kind == FileType::Directory {
+            let fd = l.dir(&path)?.ok_or(Errno::NOENT)?;
+            return Ok(XattrFd { fd, direct: true });
+        }
         let (parent, name) = split(&path);
-        let dir = self.layers[layer].dir(parent)?.ok_or(Errno::NOENT)?;
+        let dir = l.dir(parent)?.ok_or(Errno::NOENT)?;
+        if kind == FileType::RegularFile {
+            let flags = OFlags::RDONLY | OFlags::NONBLOCK;
+            let r = match l.is_upper {
+                true => rfs::openat(
+                    dir.as_fd(),
+                    name,
+                    flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                ),
+                false => layer::open_noatime(dir.as_fd(), name, flags),
+            };
+            match r {
+                Ok(fd) if l.is_upper => {
+                    return Ok(XattrFd {
+                        fd: DirFd::Owned(fd),
+                        direct: true,
+                    })
+                }
+                Ok(fd) => {
+                    let fd = self.redirect_to_copy(fd, flags)?.0;
+                    return Ok(XattrFd {
+                        fd: DirFd::Owned(fd),
+                        direct: true,
+                    });
+                }
+                // Not readable by the daemon, or no longer a file: as O_PATH.
+                Err(Errno::ACCESS) | Err(Errno::PERM) | Err(Errno::LOOP) | Err(Errno::AGAIN) => {}
+                Err(e) => return Err(e),
+            }
+        }
         let fd = layer::open_path(dir.as_fd(), name)?;
-        Ok(self.redirect_to_copy(fd, OFlags::PATH)?.0)
+        let fd = match l.is_upper {
+            true => fd,
+            false => self.redirect_to_copy(fd, OFlags::PATH)?.0,
+        };
+        Ok(XattrFd {
+            fd: DirFd::Owned(fd),
+            direct: false,
+        })
     }
 
     /// An fd of a lower file, or of its copy in the index when it has one (see
@@ -326,14 +373,11 @@ impl Union {
             return Err(Errno::NODATA);
         }
         let fd = self.xattr_fd(node, node.top())?;
-        match layer::get_xattr(fd.as_fd(), name)? {
+        match fd.get(name)? {
             Some(v) => Ok(v),
             None => {
                 // Remember when there is nothing at all to ask for; changes clear it.
-                if layer::list_xattrs(fd.as_fd())?
-                    .iter()
-                    .all(|n| whiteout::is_internal_xattr(n))
-                {
+                if fd.list()?.iter().all(|n| whiteout::is_internal_xattr(n)) {
                     node.no_xattrs.store(true, Ordering::Relaxed);
                 }
                 Err(Errno::NODATA)
@@ -345,7 +389,7 @@ impl Union {
     pub fn listxattr(&self, node: &Node) -> Result<Vec<u8>> {
         let fd = self.xattr_fd(node, node.top())?;
         let mut out = Vec::new();
-        for n in layer::list_xattrs(fd.as_fd())? {
+        for n in fd.list()? {
             if !whiteout::is_internal_xattr(&n) {
                 out.extend_from_slice(n.as_os_str().as_bytes());
                 out.push(0);
@@ -361,8 +405,8 @@ impl Union {
         let _ns = self.ns.read_recursive();
         self.copy_up_meta(node)?;
         node.no_xattrs.store(false, Ordering::Relaxed);
-        let fd = self.xattr_fd(node, 0)?;
-        layer::set_xattr(fd.as_fd(), name, value, XattrFlags::from_bits_retain(flags as u32))
+        self.xattr_fd(node, 0)?
+            .set(name, value, XattrFlags::from_bits_retain(flags as u32))
     }
 
     pub fn removexattr(&self, node: &Node, name: &OsStr) -> Result<()> {
@@ -373,8 +417,7 @@ impl Union {
         // Nothing to copy up for an attribute that is not there.
         self.xattr_value(node, name)?;
         self.copy_up_meta(node)?;
-        let fd = self.xattr_fd(node, 0)?;
-        layer::remove_xattr(fd.as_fd(), name)
+        self.xattr_fd(node, 0)?.remove(name)
     }
 
     /// access(2): permissions are checked by the kernel (default_permissions); what

@@ -7,7 +7,7 @@ use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rustix::fs::{
     self as rfs, AtFlags, FileType, Gid, Mode, OFlags, RenameFlags, SeekFrom, Stat, Timestamps, Uid, XattrFlags,
@@ -435,12 +435,12 @@ impl Union {
                 OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
                 Mode::from_raw_mode(0o600),
             )?;
-            copy_data(&src, &dst, old.st_size as u64)?;
+            copy_data(&src, &dst, &rfs::fstat(&src)?)?;
             rfs::ftruncate(&dst, old.st_size as u64)?;
             if self.cfg.fsync_copy_up {
                 rfs::fsync(&dst)?;
             }
-            self.copy_meta(udir.as_fd(), name, &old, work.fd(), &tmp)?;
+            self.copy_meta((udir.as_fd(), name, None), &old, work.fd(), &tmp)?;
             work.replace(&tmp, udir.as_fd(), name)
         })();
         if let Err(e) = res {
@@ -468,7 +468,7 @@ impl Union {
         let st = layer::stat_at(sdir.as_fd(), name)?.ok_or(Errno::NOENT)?;
         let tmp = work.temp_name();
         let res = self
-            .stage_copy(sdir.as_fd(), name, &st, work.fd(), &tmp, &Fill::Data)
+            .stage_copy((src, parent, sdir.as_fd()), name, &st, work.fd(), &tmp, &Fill::Data)
             .and_then(|()| work.link_index(&tmp, &Work::index_key(&st), st.st_nlink as u32));
         work.discard(&tmp);
         match res {
@@ -554,7 +554,7 @@ impl Union {
             }
         }
         let tmp = work.temp_name();
-        let mut res = self.stage_copy(sdir.as_fd(), name, &st, work.fd(), &tmp, &fill);
+        let mut res = self.stage_copy((src, parent, sdir.as_fd()), name, &st, work.fd(), &tmp, &fill);
         if let (Some(k), Ok(())) = (&key, &res) {
             res = match work.link_index(&tmp, k, st.st_nlink as u32) {
                 Ok(()) => Ok(()),
@@ -585,9 +585,10 @@ impl Union {
     }
 
     /// Builds the copy of `name` (described by `st`) as `tmp` in the staging dir.
+    /// The source is `name` in directory `parent` of layer `src`, open as `sdir`.
     fn stage_copy(
         &self,
-        sdir: BorrowedFd<'_>,
+        (src, parent, sdir): (usize, &Path, BorrowedFd<'_>),
         name: &OsStr,
         st: &Stat,
         wdir: BorrowedFd<'_>,
@@ -595,10 +596,16 @@ impl Union {
         fill: &Fill,
     ) -> Result<()> {
         let kind = layer::file_type(st);
+        let mut opened = None;
+        let mut src_dir = None;
         match kind {
-            FileType::Directory => rfs::mkdirat(wdir, tmp, Mode::from_raw_mode(0o700))?,
+            FileType::Directory => {
+                // Read for its xattrs: a lower keeps it open already.
+                src_dir = self.layers[src].dir(&parent.join(name))?;
+                rfs::mkdirat(wdir, tmp, Mode::from_raw_mode(0o700))?
+            }
             FileType::RegularFile => {
-                let src = layer::open_noatime(sdir, name, OFlags::RDONLY)?;
+                let src = opened.insert(layer::open_noatime(sdir, name, OFlags::RDONLY)?);
                 let dst = rfs::openat(
                     wdir,
                     tmp,
@@ -606,7 +613,7 @@ impl Union {
                     Mode::from_raw_mode(0o600),
                 )?;
                 match fill {
-                    Fill::Data => copy_data(&src, &dst, st.st_size as u64)?,
+                    Fill::Data => copy_data(src, &dst, st)?,
                     Fill::MetaFrom(layer, path) => {
                         rfs::ftruncate(&dst, st.st_size as u64)?;
                         let origin = format!("{}\0{}", layer, path.display());
@@ -624,14 +631,17 @@ impl Union {
             }
             _ => rfs::mknodat(wdir, tmp, kind, Mode::from_raw_mode(0o600), st.st_rdev)?,
         }
-        self.copy_meta(sdir, name, st, wdir, tmp)
+        let open = opened
+            .as_ref()
+            .map(|f| f.as_fd())
+            .or(src_dir.as_ref().map(|d| d.as_fd()));
+        self.copy_meta((sdir, name, open), st, wdir, tmp)
     }
 
     /// Gives `dname` the owner, mode, xattrs and times of `sname` (described by `st`).
     fn copy_meta(
         &self,
-        sdir: BorrowedFd<'_>,
-        sname: &OsStr,
+        (sdir, sname, open): (BorrowedFd<'_>, &OsStr, Option<BorrowedFd<'_>>),
         st: &Stat,
         ddir: BorrowedFd<'_>,
         dname: &OsStr,
@@ -647,16 +657,33 @@ impl Union {
         if kind != FileType::Symlink {
             rfs::chmodat(ddir, dname, Mode::from_raw_mode(st.st_mode & 0o7777), AtFlags::empty())?;
         }
-        copy_xattrs(sdir, sname, ddir, dname)?;
+        copy_xattrs(sdir, sname, open, ddir, dname)?;
         rfs::utimensat(ddir, dname, &stat_times(st), AtFlags::SYMLINK_NOFOLLOW)?;
         Ok(())
     }
 }
 
 /// Copies all xattrs the daemon can read, except the layer-format markers.
-pub fn copy_xattrs(sdir: BorrowedFd<'_>, sname: &OsStr, ddir: BorrowedFd<'_>, dname: &OsStr) -> Result<()> {
-    let s = layer::open_path(sdir, sname)?;
-    let names = layer::list_xattrs(s.as_fd())?;
+/// `open`: the source, when the caller has it open (not `O_PATH`).
+pub fn copy_xattrs(
+    sdir: BorrowedFd<'_>,
+    sname: &OsStr,
+    open: Option<BorrowedFd<'_>>,
+    ddir: BorrowedFd<'_>,
+    dname: &OsStr,
+) -> Result<()> {
+    let opened;
+    let (s, direct) = match open {
+        Some(fd) => (fd, true),
+        None => {
+            opened = layer::open_path(sdir, sname)?;
+            (opened.as_fd(), false)
+        }
+    };
+    let names = match direct {
+        true => layer::flist_xattrs(s)?,
+        false => layer::list_xattrs(s)?,
+    };
     if names.is_empty() {
         return Ok(());
     }
@@ -665,7 +692,11 @@ pub fn copy_xattrs(sdir: BorrowedFd<'_>, sname: &OsStr, ddir: BorrowedFd<'_>, dn
         if whiteout::is_internal_xattr(&n) {
             continue;
         }
-        if let Some(v) = layer::get_xattr(s.as_fd(), &n)? {
+        let v = match direct {
+            true => layer::fget_xattr(s, &n)?,
+            false => layer::get_xattr(s, &n)?,
+        };
+        if let Some(v) = v {
             match layer::set_xattr(d.as_fd(), &n, &v, XattrFlags::empty()) {
                 Ok(()) => {}
                 // A namespace the upper's filesystem does not take (e.g. user.* on a symlink).
@@ -679,33 +710,55 @@ pub fn copy_xattrs(sdir: BorrowedFd<'_>, sname: &OsStr, ddir: BorrowedFd<'_>, dn
     Ok(())
 }
 
-/// Copies file data: a reflink when the filesystem can, else the data extents only
-/// (holes stay holes) with copy_file_range, falling back to read/write.
-pub fn copy_data(src: &OwnedFd, dst: &OwnedFd, size: u64) -> Result<()> {
+/// Copies the data of a file described by `st`: a reflink when the filesystem can,
+/// else the data extents only (holes stay holes) with copy_file_range, falling back
+/// to read/write.
+pub fn copy_data(src: &OwnedFd, dst: &OwnedFd, st: &Stat) -> Result<()> {
+    let size = st.st_size as u64;
     if size == 0 {
         return Ok(());
     }
-    if rfs::ioctl_ficlone(dst, src).is_ok() {
-        return Ok(());
+    // Whether reflinks were refused once: they will be again (one filesystem pair).
+    static NO_REFLINK: AtomicBool = AtomicBool::new(false);
+    if !NO_REFLINK.load(Ordering::Relaxed) {
+        match rfs::ioctl_ficlone(dst, src) {
+            Ok(()) => return Ok(()),
+            // The upper's filesystem has no reflinks.
+            Err(Errno::OPNOTSUPP) | Err(Errno::NOTTY) => NO_REFLINK.store(true, Ordering::Relaxed),
+            Err(_) => {} // EXDEV (a lower elsewhere) and the like: copy
+        }
     }
-    let mut off = 0u64;
-    while off < size {
-        let data = match rfs::seek(src, SeekFrom::Data(off)) {
-            Ok(d) => d,
-            Err(Errno::NXIO) => break, // only a hole remains
-            Err(_) => off,             // no SEEK_DATA: copy everything
-        };
-        let end = rfs::seek(src, SeekFrom::Hole(data)).unwrap_or(size).min(size);
-        copy_range(src, dst, data, end)?;
-        off = end;
+    // How far data was written: the size is set when that falls short of it (a final
+    // hole, or a source shorter than its stat said).
+    let mut written = 0;
+    // A file with as many blocks as bytes has no hole to look for.
+    if st.st_blocks as u64 * 512 >= size {
+        written = copy_range(src, dst, 0, size)?;
+    } else {
+        let mut off = 0u64;
+        while off < size {
+            let data = match rfs::seek(src, SeekFrom::Data(off)) {
+                Ok(d) => d,
+                Err(Errno::NXIO) => break, // only a hole remains
+                Err(_) => off,             // no SEEK_DATA: copy everything
+            };
+            let end = rfs::seek(src, SeekFrom::Hole(data)).unwrap_or(size).min(size);
+            written = copy_range(src, dst, data, end)?;
+            off = end;
+        }
     }
-    rfs::ftruncate(dst, size)
+    if written < size {
+        rfs::ftruncate(dst, size)?;
+    }
+    Ok(())
 }
 
 /// Data extents at least this long are allocated before they are copied.
 const PREALLOCATE_MIN: u64 = 1 << 20;
 
-fn copy_range(src: &OwnedFd, dst: &OwnedFd, mut from: u64, end: u64) -> Result<()> {
+/// Copies bytes `from..end`; returns where the copy stopped (`end`, or less at the
+/// source's end of file).
+fn copy_range(src: &OwnedFd, dst: &OwnedFd, mut from: u64, end: u64) -> Result<u64> {
     // Allocating a large extent in one go first makes the copy about a third faster on
     // ext4 (measured with 512 MiB) and fails at once when the upper has no room; for
     // small ones it is one more system call for nothing. Where it is not supported, the
@@ -729,10 +782,10 @@ fn copy_range(src: &OwnedFd, dst: &OwnedFd, mut from: u64, end: u64) -> Result<(
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(from)
 }
 
-fn copy_range_rw(src: &OwnedFd, dst: &OwnedFd, mut from: u64, end: u64) -> Result<()> {
+fn copy_range_rw(src: &OwnedFd, dst: &OwnedFd, mut from: u64, end: u64) -> Result<u64> {
     let mut buf = vec![0u8; 1 << 20];
     while from < end {
         let want = ((end - from) as usize).min(buf.len());
@@ -746,5 +799,5 @@ fn copy_range_rw(src: &OwnedFd, dst: &OwnedFd, mut from: u64, end: u64) -> Resul
         }
         from += n as u64;
     }
-    Ok(())
+    Ok(from)
 }

@@ -318,18 +318,37 @@ pub fn chmod_nofollow(dir: BorrowedFd<'_>, name: &OsStr, mode: Mode) -> Result<(
     rfs::chmod(proc_path(fd.as_fd()), mode)
 }
 
-/// Value of one xattr of an `O_PATH` fd; `Ok(None)` when absent.
+/// Value of one xattr of an `O_PATH` fd (asked through its /proc path); `Ok(None)`
+/// when absent.
 pub fn get_xattr(fd: BorrowedFd<'_>, name: &OsStr) -> Result<Option<Vec<u8>>> {
+    xattr_value(fd, name, false)
+}
+
+/// `get_xattr` of an fd open for reading: asked directly (no /proc lookup).
+pub fn fget_xattr(fd: BorrowedFd<'_>, name: &OsStr) -> Result<Option<Vec<u8>>> {
+    xattr_value(fd, name, true)
+}
+
+fn xattr_value(fd: BorrowedFd<'_>, name: &OsStr, direct: bool) -> Result<Option<Vec<u8>>> {
     let p = proc_path(fd);
     let mut buf = vec![0u8; 256];
     loop {
-        match rfs::getxattr(&p, name, &mut buf[..]) {
+        let r = if direct {
+            rfs::fgetxattr(fd, name, &mut buf[..])
+        } else {
+            rfs::getxattr(&p, name, &mut buf[..])
+        };
+        match r {
             Ok(n) => {
                 buf.truncate(n);
                 return Ok(Some(buf));
             }
             Err(Errno::RANGE) => {
-                let n = rfs::getxattr_query(&p, name)?;
+                let n = if direct {
+                    rfs::fgetxattr_query(fd, name)?
+                } else {
+                    rfs::getxattr_query(&p, name)?
+                };
                 buf.resize(n.max(buf.len() * 2), 0);
             }
             Err(Errno::NODATA) | Err(Errno::NOTSUP) => return Ok(None),
@@ -338,15 +357,33 @@ pub fn get_xattr(fd: BorrowedFd<'_>, name: &OsStr) -> Result<Option<Vec<u8>>> {
     }
 }
 
-/// Names of all xattrs of an `O_PATH` fd.
+/// Names of all xattrs of an `O_PATH` fd (asked through its /proc path).
 pub fn list_xattrs(fd: BorrowedFd<'_>) -> Result<Vec<OsString>> {
+    xattr_names(fd, false)
+}
+
+/// `list_xattrs` of an fd open for reading: asked directly (no /proc lookup).
+pub fn flist_xattrs(fd: BorrowedFd<'_>) -> Result<Vec<OsString>> {
+    xattr_names(fd, true)
+}
+
+fn xattr_names(fd: BorrowedFd<'_>, direct: bool) -> Result<Vec<OsString>> {
     let p = proc_path(fd);
     let mut buf = vec![0u8; 1024];
     let n = loop {
-        match rfs::listxattr(&p, &mut buf[..]) {
+        let r = if direct {
+            rfs::flistxattr(fd, &mut buf[..])
+        } else {
+            rfs::listxattr(&p, &mut buf[..])
+        };
+        match r {
             Ok(n) => break n,
             Err(Errno::RANGE) => {
-                let n = rfs::listxattr_query(&p)?;
+                let n = if direct {
+                    rfs::flistxattr_query(fd)?
+                } else {
+                    rfs::listxattr_query(&p)?
+                };
                 buf.resize(n.max(buf.len() * 2), 0);
             }
             Err(Errno::NOTSUP) => return Ok(Vec::new()),
@@ -358,6 +395,37 @@ pub fn list_xattrs(fd: BorrowedFd<'_>) -> Result<Vec<OsString>> {
         .filter(|s| !s.is_empty())
         .map(|s| OsStr::from_bytes(s).to_os_string())
         .collect())
+}
+
+/// An entry's fd for its xattrs: open for reading where that could be done (asked
+/// directly), else `O_PATH` (asked through its /proc path).
+pub struct XattrFd<'a> {
+    pub fd: DirFd<'a>,
+    pub direct: bool,
+}
+
+impl XattrFd<'_> {
+    pub fn get(&self, name: &OsStr) -> Result<Option<Vec<u8>>> {
+        xattr_value(self.fd.as_fd(), name, self.direct)
+    }
+
+    pub fn list(&self) -> Result<Vec<OsString>> {
+        xattr_names(self.fd.as_fd(), self.direct)
+    }
+
+    pub fn set(&self, name: &OsStr, value: &[u8], flags: XattrFlags) -> Result<()> {
+        match self.direct {
+            true => rfs::fsetxattr(self.fd.as_fd(), name, value, flags),
+            false => set_xattr(self.fd.as_fd(), name, value, flags),
+        }
+    }
+
+    pub fn remove(&self, name: &OsStr) -> Result<()> {
+        match self.direct {
+            true => rfs::fremovexattr(self.fd.as_fd(), name),
+            false => remove_xattr(self.fd.as_fd(), name),
+        }
+    }
 }
 
 pub fn set_xattr(fd: BorrowedFd<'_>, name: &OsStr, value: &[u8], flags: XattrFlags) -> Result<()> {
