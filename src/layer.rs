@@ -37,8 +37,11 @@ pub struct Layer {
     /// error): a lower never changes, so they are kept, and a lookup through a deep
     /// stack costs one `fstatat` in each layer instead of a walk from its root. The
     /// fds are only used with `*at` calls (never read from: see `read_dir`).
-    dirs: Option<Mutex<Lru<PathBuf, std::result::Result<Arc<OwnedFd>, Errno>>>>,
+    dirs: Option<Mutex<Lru<PathBuf, KeptDir>>>,
 }
+
+/// A lower directory kept open, or why the layer has none at that path.
+type KeptDir = std::result::Result<Arc<OwnedFd>, Errno>;
 
 /// A directory fd inside a layer: the layer root itself, or one opened below it.
 pub enum DirFd<'a> {

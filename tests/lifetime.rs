@@ -750,7 +750,7 @@ fn kept_lower_directories_are_bounded() {
     let pid = m.pid();
     let fd0 = fd_count(pid);
     for d in 0..400 {
-        assert_eq!(read(&s.m(&format!("d{d}/f"))), "x");
+        assert_eq!(read(s.m(&format!("d{d}/f"))), "x");
     }
     let fd1 = fd_count(pid);
     // 64 kept in the bottom layer, plus the kept knowledge that 63 layers have no
