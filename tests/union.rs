@@ -689,6 +689,10 @@ fn readers_and_writers_of_one_file_open_together() {
     let mut via_w1 = String::new();
     std::io::Read::read_to_string(&mut w1, &mut via_w1).unwrap();
     assert_eq!(via_w1, "UPPER+more");
+    // The writes went to the copy, not through the reader's file to the lower (a
+    // union filesystem that passes lower files through can get this wrong).
+    assert_eq!(fs::read_to_string(s.l(0, "f")).unwrap(), "lower", "lower layer changed");
+    assert_eq!(fs::read_to_string(s.u("f")).unwrap(), "UPPER+more");
 }
 
 #[test]
