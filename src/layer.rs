@@ -221,6 +221,9 @@ pub fn open_beneath(root: BorrowedFd<'_>, rel: &Path, flags: OFlags) -> Result<O
                     NO_OPENAT2.store(true, Ordering::Relaxed);
                     break;
                 }
+                // A path inside the layer longer than PATH_MAX: walked step by step
+                // below, as ext4 lets a process do.
+                Err(Errno::NAMETOOLONG) if rel.as_os_str().len() >= libc::PATH_MAX as usize => break,
                 r => return r,
             }
         }
