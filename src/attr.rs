@@ -300,28 +300,14 @@ impl Union {
             let fd = l.dir(&path)?.ok_or(Errno::NOENT)?;
             return Ok(XattrFd { fd, direct: true });
         }
-        let (parent, name) = split(&path);
-        let dir = l.dir(parent)?.ok_or(Errno::NOENT)?;
         if kind == FileType::RegularFile {
             let flags = OFlags::RDONLY | OFlags::NONBLOCK;
-            let r = match l.is_upper {
-                true => rfs::openat(
-                    dir.as_fd(),
-                    name,
-                    flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                ),
-                false => layer::open_noatime(dir.as_fd(), name, flags),
-            };
-            match r {
-                Ok(fd) if l.is_upper => {
-                    return Ok(XattrFd {
-                        fd: DirFd::Owned(fd),
-                        direct: true,
-                    })
-                }
+            match l.open_file(&path, flags) {
                 Ok(fd) => {
-                    let fd = self.redirect_to_copy(fd, flags)?.0;
+                    let fd = match l.is_upper {
+                        true => fd,
+                        false => self.redirect_to_copy(fd, flags)?.0,
+                    };
                     return Ok(XattrFd {
                         fd: DirFd::Owned(fd),
                         direct: true,
@@ -332,6 +318,8 @@ impl Union {
                 Err(e) => return Err(e),
             }
         }
+        let (parent, name) = split(&path);
+        let dir = l.dir(parent)?.ok_or(Errno::NOENT)?;
         let fd = layer::open_path(dir.as_fd(), name)?;
         let fd = match l.is_upper {
             true => fd,

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use parking_lot::Mutex;
 
 use crate::inode::Node;
-use crate::layer::{self, split, DirFd, Result};
+use crate::layer::{self, split, DirFd, Result, XattrFd};
 use crate::mount::Union;
 use crate::whiteout;
 
@@ -672,18 +672,17 @@ pub fn copy_xattrs(
     ddir: BorrowedFd<'_>,
     dname: &OsStr,
 ) -> Result<()> {
-    let opened;
-    let (s, direct) = match open {
-        Some(fd) => (fd, true),
-        None => {
-            opened = layer::open_path(sdir, sname)?;
-            (opened.as_fd(), false)
-        }
+    let s = match open {
+        Some(fd) => XattrFd {
+            fd: DirFd::Borrowed(fd),
+            direct: true,
+        },
+        None => XattrFd {
+            fd: DirFd::Owned(layer::open_path(sdir, sname)?),
+            direct: false,
+        },
     };
-    let names = match direct {
-        true => layer::flist_xattrs(s)?,
-        false => layer::list_xattrs(s)?,
-    };
+    let names = s.list()?;
     if names.is_empty() {
         return Ok(());
     }
@@ -692,11 +691,7 @@ pub fn copy_xattrs(
         if whiteout::is_internal_xattr(&n) {
             continue;
         }
-        let v = match direct {
-            true => layer::fget_xattr(s, &n)?,
-            false => layer::get_xattr(s, &n)?,
-        };
-        if let Some(v) = v {
+        if let Some(v) = s.get(&n)? {
             match layer::set_xattr(d.as_fd(), &n, &v, XattrFlags::empty()) {
                 Ok(()) => {}
                 // A namespace the upper's filesystem does not take (e.g. user.* on a symlink).
@@ -718,7 +713,7 @@ pub fn copy_data(src: &OwnedFd, dst: &OwnedFd, st: &Stat) -> Result<()> {
     if size == 0 {
         return Ok(());
     }
-    // Whether reflinks were refused once: they will be again (one filesystem pair).
+    // Set once the upper's filesystem has refused a reflink: it would again.
     static NO_REFLINK: AtomicBool = AtomicBool::new(false);
     if !NO_REFLINK.load(Ordering::Relaxed) {
         match rfs::ioctl_ficlone(dst, src) {

@@ -43,9 +43,10 @@ pub struct Layer {
 /// A lower directory kept open, or why the layer has none at that path.
 type KeptDir = std::result::Result<Arc<OwnedFd>, Errno>;
 
-/// A directory fd inside a layer: the layer root itself, or one opened below it.
+/// An fd inside a layer (mostly a directory's): the layer root itself, or another
+/// the caller holds, or one opened below it.
 pub enum DirFd<'a> {
-    Root(BorrowedFd<'a>),
+    Borrowed(BorrowedFd<'a>),
     Owned(OwnedFd),
     /// Kept by a lower layer.
     Kept(Arc<OwnedFd>),
@@ -54,7 +55,7 @@ pub enum DirFd<'a> {
 impl AsFd for DirFd<'_> {
     fn as_fd(&self) -> BorrowedFd<'_> {
         match self {
-            DirFd::Root(fd) => *fd,
+            DirFd::Borrowed(fd) => *fd,
             DirFd::Owned(fd) => fd.as_fd(),
             DirFd::Kept(fd) => fd.as_fd(),
         }
@@ -128,12 +129,12 @@ impl Layer {
     /// comes from (and goes into) the kept ones.
     pub fn dir_or_why(&self, rel: &Path) -> Result<DirFd<'_>> {
         if rel.as_os_str().is_empty() {
-            return Ok(DirFd::Root(self.root.as_fd()));
+            return Ok(DirFd::Borrowed(self.root.as_fd()));
         }
         let Some(dirs) = &self.dirs else {
             return self.open_dir(rel).map(DirFd::Owned);
         };
-        if let Some(kept) = dirs.lock().get(&rel.to_path_buf()) {
+        if let Some(kept) = dirs.lock().get(rel) {
             return kept.clone().map(DirFd::Kept);
         }
         let r = match self.open_dir(rel) {
@@ -330,11 +331,6 @@ pub fn get_xattr(fd: BorrowedFd<'_>, name: &OsStr) -> Result<Option<Vec<u8>>> {
     xattr_value(fd, name, false)
 }
 
-/// `get_xattr` of an fd open for reading: asked directly (no /proc lookup).
-pub fn fget_xattr(fd: BorrowedFd<'_>, name: &OsStr) -> Result<Option<Vec<u8>>> {
-    xattr_value(fd, name, true)
-}
-
 fn xattr_value(fd: BorrowedFd<'_>, name: &OsStr, direct: bool) -> Result<Option<Vec<u8>>> {
     let p = proc_path(fd);
     let mut buf = vec![0u8; 256];
@@ -366,11 +362,6 @@ fn xattr_value(fd: BorrowedFd<'_>, name: &OsStr, direct: bool) -> Result<Option<
 /// Names of all xattrs of an `O_PATH` fd (asked through its /proc path).
 pub fn list_xattrs(fd: BorrowedFd<'_>) -> Result<Vec<OsString>> {
     xattr_names(fd, false)
-}
-
-/// `list_xattrs` of an fd open for reading: asked directly (no /proc lookup).
-pub fn flist_xattrs(fd: BorrowedFd<'_>) -> Result<Vec<OsString>> {
-    xattr_names(fd, true)
 }
 
 fn xattr_names(fd: BorrowedFd<'_>, direct: bool) -> Result<Vec<OsString>> {
@@ -543,7 +534,10 @@ impl<K: std::hash::Hash + Eq, V> Lru<K, V> {
         }
     }
 
-    fn get(&mut self, k: &K) -> Option<&V> {
+    fn get<Q: std::hash::Hash + Eq + ?Sized>(&mut self, k: &Q) -> Option<&V>
+    where
+        K: std::borrow::Borrow<Q>,
+    {
         self.map.get(k)
     }
 
