@@ -16,7 +16,7 @@ use rustix::io::Errno;
 use crate::config::IdMap;
 use crate::inode::Node;
 use crate::layer::{self, split, DirFd, Result, XattrFd};
-use crate::mount::Union;
+use crate::union::Union;
 use crate::whiteout;
 
 /// Who writes or changes a file, for the rules on set-id bits.

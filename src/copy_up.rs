@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 
 use crate::inode::Node;
 use crate::layer::{self, split, DirFd, Result, XattrFd};
-use crate::mount::Union;
+use crate::union::Union;
 use crate::whiteout;
 
 const STAGING: &str = "staging";

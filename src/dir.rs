@@ -16,7 +16,7 @@ use crate::copy_up::{remove_tree, stat_times, Fill};
 use crate::inode::{Node, State};
 use crate::layer::{self, split, Result};
 use crate::lookup::Found;
-use crate::mount::Union;
+use crate::union::Union;
 use crate::whiteout::{self, OPAQUE};
 
 /// Who asks: the caller's uid and gid, for ownership of what it creates.

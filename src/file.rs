@@ -19,7 +19,7 @@ use rustix::fs::FileType;
 use crate::attr::Writer;
 use crate::inode::Node;
 use crate::layer::{split, Result};
-use crate::mount::Union;
+use crate::union::Union;
 
 pub struct Handle {
     pub node: Arc<Node>,
@@ -158,7 +158,7 @@ fn handle(node: &Arc<Node>, fd: OwnedFd, flags: OFlags, writable: bool, lower: b
 /// meanwhile.
 fn pause_before_io_mode() {
     static MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    crate::mount::pause_for_tests("STRATA_TEST_PAUSE_IO_MODE_MS", &MS);
+    crate::union::pause_for_tests("STRATA_TEST_PAUSE_IO_MODE_MS", &MS);
 }
 
 /// Open flags passed on to the backing file.

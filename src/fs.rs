@@ -17,7 +17,7 @@ use crate::attr::{fuse_kind, negative_attr, SetAttr, Writer};
 use crate::dir::{Caller, NewEntry};
 use crate::file::Io;
 use crate::layer::Result;
-use crate::mount::Union;
+use crate::union::Union;
 
 pub struct StrataFs {
     u: Union,

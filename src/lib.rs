@@ -12,4 +12,5 @@ pub mod layer;
 pub mod lookup;
 pub mod mount;
 pub mod readdir;
+pub mod union;
 pub mod whiteout;

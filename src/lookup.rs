@@ -13,7 +13,7 @@ use rustix::io::Errno;
 
 use crate::inode::{Node, State};
 use crate::layer::{self, Listing, Result};
-use crate::mount::Union;
+use crate::union::Union;
 use crate::whiteout;
 
 /// Longest name the mount takes (as ext4).

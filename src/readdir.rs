@@ -22,7 +22,7 @@ use std::path::Path;
 
 use crate::inode::{Node, State};
 use crate::layer::{self, ListEntry, Result};
-use crate::mount::Union;
+use crate::union::Union;
 use crate::whiteout;
 
 pub struct DirEntry {
