@@ -289,7 +289,9 @@ impl Union {
         let id = self.ino_of(&f.stat);
         let node = self.table.get(id);
         if let Some(n) = &node {
-            n.remove_path(&path, &f.stat);
+            if n.remove_path(&path, &f.stat) {
+                self.reseat(n);
+            }
         }
         if f.state.layers[0] == 0 {
             let removed = match dir {
@@ -514,7 +516,9 @@ impl Union {
         if let Some(d) = dst.as_ref().filter(|_| !exchange) {
             let id = self.ino_of(&d.stat);
             if let Some(n) = self.table.get(id) {
-                n.remove_path(&to, &d.stat);
+                if n.remove_path(&to, &d.stat) {
+                    self.reseat(&n);
+                }
             }
             self.name_gone(d, &to, id);
         }
@@ -522,6 +526,11 @@ impl Union {
             self.table.rename_paths(&from, &to, exchange);
         } else if let Some(n) = self.table.get(self.ino_of(&src.stat)) {
             n.rename_path(&from, &to);
+            // The name moved is in the upper now; the node's state may speak for
+            // another name of it (a file with several).
+            if n.paths().len() > 1 {
+                self.reseat(&n);
+            }
         }
         Ok(())
     }

@@ -96,8 +96,12 @@ impl Node {
 
     /// A name of this node went away (unlink, rmdir, replaced by rename). `st` is what
     /// the node looked like under that name; kept if it was the last one.
-    pub fn remove_path(&self, path: &Path, st: &Stat) {
+    ///
+    /// Returns whether the node lost its first name while it keeps others: its state
+    /// then no longer speaks for the name used for I/O (see `Union::reseat`).
+    pub fn remove_path(&self, path: &Path, st: &Stat) -> bool {
         let mut paths = self.paths.write();
+        let was_first = paths.first().is_some_and(|p| p == path);
         paths.retain(|p| p != path);
         if paths.is_empty() {
             let mut st = *st;
@@ -107,6 +111,7 @@ impl Node {
             };
             *self.gone.lock() = Some(st);
         }
+        was_first && !paths.is_empty()
     }
 
     /// Its attributes when its last name went away, if it has none now.
@@ -119,10 +124,26 @@ impl Node {
 
     /// One name of this node (a non-directory) was renamed.
     pub fn rename_path(&self, from: &Path, to: &Path) {
-        for p in self.paths.write().iter_mut() {
+        let mut paths = self.paths.write();
+        // `to` may already be one of its names (a rename onto another name of the same
+        // file is a no-op in rename(2), but a stale name may be left over).
+        paths.retain(|p| p != to);
+        for p in paths.iter_mut() {
             if p == from {
                 *p = to.to_path_buf();
             }
+        }
+    }
+
+    /// Names and state together, for `Union::reseat`: makes `path` the first name, with
+    /// `state` (what it resolves to now).
+    pub fn set_first(&self, path: &Path, state: State) {
+        let mut st = self.state.write();
+        let mut paths = self.paths.write();
+        if let Some(i) = paths.iter().position(|p| p == path) {
+            let p = paths.remove(i);
+            paths.insert(0, p);
+            *st = state;
         }
     }
 }
@@ -200,8 +221,9 @@ impl InodeTable {
         let (dev, ino) = (st.st_dev, st.st_ino);
         let id = self.ino_for(dev, ino);
         let clash = self.nodes.lock().get(&id).and_then(|s| {
-            let paths = s.node.paths.read();
+            // State before names, as everywhere that takes both.
             let kind = s.node.kind();
+            let paths = s.node.paths.read();
             let single = kind == FileType::Directory || st.st_nlink <= 1;
             if paths.is_empty() {
                 Some("gone")
@@ -254,14 +276,24 @@ impl InodeTable {
             slot.lookups += 1;
             let node = slot.node.clone();
             drop(nodes);
-            node.add_path(path);
-            {
-                let mut st = node.state.write();
-                // A lookup that raced with a copy-up must not send the node back down.
-                if !(st.layers[0] == 0 && state.layers[0] != 0 && st.kind == state.kind) {
-                    *st = state;
+            // The state speaks for the node's first name. A lookup by a name still in a
+            // lower, of a node already in the upper (a lookup that raced with a copy-up,
+            // or another name of a file with several, one of them copied up), must not
+            // send the node back down: that name is only added. Otherwise the name
+            // looked up becomes the first, with the state it was found in.
+            let mut st = node.state.write();
+            let mut paths = node.paths.write();
+            if st.layers[0] == 0 && state.layers[0] != 0 && st.kind == state.kind {
+                if !paths.iter().any(|p| p == path) {
+                    paths.push(path.to_path_buf());
                 }
+            } else {
+                paths.retain(|p| p != path);
+                paths.insert(0, path.to_path_buf());
+                *st = state;
             }
+            drop(paths);
+            drop(st);
             return node;
         }
         let node = Arc::new(Node {
@@ -302,6 +334,8 @@ impl InodeTable {
     /// moved was copied up whole before, so it now lives in the upper only.
     pub fn rename_paths(&self, from: &Path, to: &Path, exchange: bool) {
         for slot in self.nodes.lock().values() {
+            // State before names, as everywhere that takes both.
+            let mut state = slot.node.state.write();
             let mut paths = slot.node.paths.write();
             let mut first_moved = None;
             for (i, p) in paths.iter_mut().enumerate() {
@@ -319,7 +353,7 @@ impl InodeTable {
                 // A moved name is in the upper now: make it the one used for I/O (other
                 // names of a file with several may still be lower ones).
                 paths.swap(0, i);
-                slot.node.state.write().layers = vec![0];
+                state.layers = vec![0];
             }
         }
     }

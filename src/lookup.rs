@@ -225,6 +225,57 @@ impl Union {
         Ok((ppath.join(name), found))
     }
 
+    /// Resolves a whole merged-view path from the root, component by component.
+    pub fn resolve_path(&self, path: &Path) -> Result<Option<Found>> {
+        let root = self.node(crate::inode::ROOT_ID)?;
+        let mut layers = root.state().layers;
+        let mut parent = std::path::PathBuf::new();
+        let mut found = None;
+        for c in path.components() {
+            let name = c.as_os_str();
+            if found
+                .as_ref()
+                .is_some_and(|f: &Found| f.state.kind != FileType::Directory)
+            {
+                return Ok(None);
+            }
+            let Some(f) = self.resolve(&layers, &parent, name)? else {
+                return Ok(None);
+            };
+            layers = f.state.layers.clone();
+            parent.push(name);
+            found = Some(f);
+        }
+        Ok(found)
+    }
+
+    /// A node with several names lost or moved its first one: its state spoke for that
+    /// name. Makes a name that lives in the upper the first (the copy all its names
+    /// share, when one was copied up), else the first name that still resolves, with
+    /// the state it resolves to now. Without this, I/O would go to a name the node's
+    /// state does not describe (a lower-only name looked for in the upper: ENOENT).
+    pub fn reseat(&self, node: &Node) {
+        let mut best: Option<(std::path::PathBuf, Found)> = None;
+        for p in node.paths() {
+            let Ok(Some(f)) = self.resolve_path(&p) else {
+                continue;
+            };
+            if f.state.kind != node.kind() || self.ino_of(&f.stat) != node.ino {
+                continue;
+            }
+            let upper = f.state.layers[0] == 0 && self.has_upper;
+            if upper || best.is_none() {
+                best = Some((p, f));
+            }
+            if upper {
+                break;
+            }
+        }
+        if let Some((p, f)) = best {
+            node.set_first(&p, f.state);
+        }
+    }
+
     /// The node id an entry found by `resolve` has.
     pub fn ino_of(&self, st: &Stat) -> u64 {
         self.table.ino_for(st.st_dev, st.st_ino)

@@ -378,6 +378,71 @@ fn hard_links_in_a_lower_stay_one_file_across_copy_up() {
     assert_eq!(read(s.m("h3")), "orig+new");
 }
 
+/// `ls -l` of each name (READDIRPLUS: a lookup of every entry, in listing order),
+/// like the kernel does it: the listing itself, then a stat of every name.
+fn list_with_stats(dir: &Path) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let md = fs::symlink_metadata(e.path()).unwrap();
+            (e.file_name().to_string_lossy().into_owned(), md.ino())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn hard_linked_lower_file_survives_listing_rename_and_listing() {
+    // A listing with stats makes the node of a file with two names known by both; the
+    // rename copies one name up, and the next listing looks the other (lower) name up
+    // again. Every name must then still open, stat and read the same data.
+    for (second_name_first, rename_back) in [(false, false), (true, false), (false, true), (true, true)] {
+        let s = Stack::new(1);
+        let (a, b) = match second_name_first {
+            false => ("h1", "h2"),
+            true => ("h2", "h1"),
+        };
+        write(s.l(0, a), "hard");
+        fs::hard_link(s.l(0, a), s.l(0, b)).unwrap();
+        let _m = s.mount();
+        let before = list_with_stats(&s.mnt);
+        assert_eq!(before.len(), 2);
+        assert_eq!(before[0].1, before[1].1, "two names, one inode");
+        fs::rename(s.m("h1"), s.m("h1.moved")).unwrap();
+        list_with_stats(&s.mnt);
+        assert_eq!(read(s.m("h1.moved")), "hard", "renamed name reads (order {a},{b})");
+        assert_eq!(read(s.m("h2")), "hard");
+        let mut live = vec!["h1.moved", "h2"];
+        if rename_back {
+            fs::rename(s.m("h1.moved"), s.m("h1")).unwrap();
+            list_with_stats(&s.mnt);
+            live = vec!["h1", "h2"];
+        }
+        for n in &live {
+            assert_eq!(
+                read(s.m(n)),
+                "hard",
+                "{n} after rename (order {a},{b}, back {rename_back})"
+            );
+            assert_eq!(ino(&s.m(n)), before[0].1, "{n} keeps its inode number");
+            assert_eq!(fs::metadata(s.m(n)).unwrap().nlink(), 2, "{n}: two names");
+        }
+        // A write through one name shows through the other, and removing the name
+        // used for I/O leaves the other readable.
+        let mut f = OpenOptions::new().append(true).open(s.m(live[1])).unwrap();
+        f.write_all(b"+more").unwrap();
+        drop(f);
+        assert_eq!(read(s.m(live[0])), "hard+more");
+        fs::remove_file(s.m(live[0])).unwrap();
+        list_with_stats(&s.mnt);
+        assert_eq!(read(s.m(live[1])), "hard+more");
+        assert_eq!(fs::metadata(s.m(live[1])).unwrap().nlink(), 1);
+        assert_eq!(read(s.l(0, a)), "hard", "the lower is unchanged");
+    }
+}
+
 #[test]
 fn inode_numbers_are_stable_across_copy_up_and_unique_across_layers() {
     let s = Stack::new(3);
