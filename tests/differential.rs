@@ -46,6 +46,14 @@ const SLOTS: usize = 4;
 const NAMES: [&str; 4] = ["a", "b", "c", "d"];
 const XATTRS: [&str; 3] = ["user.x", "user.y", "user.z"];
 
+/// Long names, drawn now and then: 253 and 255 bytes. A lower entry of such a name
+/// cannot get an AUFS whiteout (`.wh.` + name is over NAME_MAX), so removing it takes
+/// strata's whole-directory path (`settle_dir`).
+fn long_names() -> &'static [&'static str; 2] {
+    static L: std::sync::OnceLock<[&'static str; 2]> = std::sync::OnceLock::new();
+    L.get_or_init(|| ["l".repeat(253).leak(), "m".repeat(255).leak()])
+}
+
 // ---- seeded PRNG (splitmix64) ----
 
 struct Rng(u64);
@@ -73,6 +81,9 @@ impl Rng {
     }
 
     fn name(&mut self) -> &'static str {
+        if self.chance(6) {
+            return self.pick(long_names());
+        }
         self.pick(&NAMES)
     }
 
@@ -311,7 +322,7 @@ fn random_layer(rng: &mut Rng, root: &Path, is_bottom: bool) {
         }
         let name = p.file_name().unwrap().to_str().unwrap().to_string();
         let wh = parent.join(format!(".wh.{name}"));
-        if exists(&p) || exists(&wh) {
+        if exists(&p) || (name.len() <= 251 && exists(&wh)) {
             continue;
         }
         match rng.below(100) {
@@ -336,6 +347,8 @@ fn random_layer(rng: &mut Rng, root: &Path, is_bottom: bool) {
                 fs::hard_link(src, &p).unwrap();
             }
             75..=79 => mknod(&p, libc::S_IFIFO | 0o644, 0).unwrap(),
+            // An AUFS whiteout of a long name would be over NAME_MAX.
+            80..=89 if name.len() > 251 => overlay_whiteout(&p),
             80..=89 => write(&wh, ""),
             90..=94 => overlay_whiteout(&p),
             _ => {}
@@ -612,6 +625,21 @@ enum Op {
     Readdir {
         path: String,
     },
+    /// A listing, then an lstat of every entry (what `ls -l` does; the kernel fills
+    /// its caches from READDIRPLUS): names, types, sizes, and which names share an inode.
+    ListStat {
+        path: String,
+    },
+    /// Writes through a shared mapping of the file (within its size), then msync.
+    MmapWrite {
+        path: String,
+        off: u64,
+        len: u64,
+        fill: u64,
+    },
+    /// Drops the kernel's dentry and inode caches (the mount then gets FORGETs, and
+    /// looks every name up again); a no-op for the model.
+    DropCaches,
     /// Opens a file into a handle slot (closing what the slot held).
     HOpen {
         slot: usize,
@@ -705,6 +733,14 @@ impl fmt::Display for Op {
             Op::Stat { path } => write!(f, "lstat({path:?})"),
             Op::Read { path } => write!(f, "read whole ({path:?})"),
             Op::Readdir { path } => write!(f, "readdir({path:?})"),
+            Op::ListStat { path } => write!(f, "ls -l ({path:?})"),
+            Op::MmapWrite { path, off, len, fill } => {
+                write!(
+                    f,
+                    "mmap({path:?}, SHARED); write({len} bytes #{fill:x} at {off}); msync; munmap"
+                )
+            }
+            Op::DropCaches => write!(f, "echo 2 > /proc/sys/vm/drop_caches"),
             Op::HOpen {
                 slot,
                 path,
@@ -944,7 +980,11 @@ impl Side {
                     libc::ftruncate(self.slot(*slot)?.as_raw_fd(), *len as i64)
                 }))
             }
-            Op::Stat { .. } | Op::HStat { .. } | Op::Remount => unreachable!("answered by apply or the world"),
+            Op::ListStat { path } => list_stat(&self.p(path)),
+            Op::MmapWrite { path, off, len, fill } => mmap_write(&self.p(path), *off, &data(*fill, *len)),
+            Op::Stat { .. } | Op::HStat { .. } | Op::Remount | Op::DropCaches => {
+                unreachable!("answered by apply or the world")
+            }
             Op::HClose { slot } => {
                 let fd = self.slots[*slot].take().ok_or(libc::EBADF)?;
                 drop(fd);
@@ -1142,9 +1182,22 @@ fn gen_op(rng: &mut Rng, k: &Known, open: &[bool]) -> Op {
             },
             dev: 0,
         },
-        61..=63 => Op::Stat { path: k.any(rng) },
+        61..=62 => Op::Stat { path: k.any(rng) },
+        63 => match rng.below(40) {
+            0 => Op::Remount,
+            1..=4 => Op::DropCaches,
+            _ => Op::MmapWrite {
+                path: k.file(rng),
+                off: off(rng) % 8192,
+                len: 1 + rng.below(5000),
+                fill: rng.next(),
+            },
+        },
         64..=66 => Op::Read { path: k.file(rng) },
-        67..=68 => Op::Readdir {
+        67 => Op::Readdir {
+            path: if rng.chance(20) { ".".into() } else { k.dir(rng) },
+        },
+        68 => Op::ListStat {
             path: if rng.chance(20) { ".".into() } else { k.dir(rng) },
         },
         69..=75 => {
@@ -1479,6 +1532,7 @@ impl World {
                 (true, false, vec![follow(path)])
             }
             Op::Link { from, .. } => (true, false, vec![nofollow(from)]),
+            Op::MmapWrite { path, .. } => (true, false, vec![follow(path)]),
             Op::Chmod { path, .. } => (false, true, vec![follow(path)]),
             Op::Chown { path, .. }
             | Op::Utimes { path, .. }
@@ -1582,7 +1636,13 @@ impl World {
     }
 
     fn apply(&mut self, op: &Op) -> Result<String, String> {
+        if let Op::DropCaches = op {
+            drop_caches();
+            return Ok(String::new());
+        }
         if let Op::Remount = op {
+            // No prowler in the mount while it goes away.
+            let _alone = PROWL.write().unwrap_or_else(|e| e.into_inner());
             self.m.close_all();
             self.r.close_all();
             drop(self.mnt.take());
@@ -1746,6 +1806,107 @@ fn shrink(seed: u64, ops: &[Op], budget: std::time::Duration) -> Vec<Op> {
     cur
 }
 
+/// Held shared by the prowler while it is in the mount, exclusively by a remount.
+static PROWL: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// A second process's worth of load beside the operations: lists directories with a
+/// stat of every entry and reads files, in paths the run knows, as long as the run
+/// goes. The kernel then sends lookups, READDIRPLUS and reads in between (and during)
+/// the run's changes. It compares nothing (names come and go under it), but an error
+/// no path-based call may give (EIO, ESTALE, ...) is a failure.
+struct Prowler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    paths: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    errors: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Prowler {
+    fn start(root: PathBuf, seed: u64) -> Prowler {
+        use std::sync::atomic::Ordering;
+        use std::sync::{Arc, Mutex};
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let paths: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(vec![String::new()]));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let (st, pa, er) = (stop.clone(), paths.clone(), errors.clone());
+        let thread = std::thread::spawn(move || {
+            let mut rng = Rng(seed ^ 0x9d0f_11e5);
+            let mut n = 0u64;
+            // ESPIPE and EAGAIN: a fifo, read with pread.
+            let fine = [
+                libc::ENOENT,
+                libc::ENOTDIR,
+                libc::EISDIR,
+                libc::EACCES,
+                libc::ELOOP,
+                libc::ENAMETOOLONG,
+                libc::ESPIPE,
+                libc::EAGAIN,
+                libc::ENXIO,
+                libc::ENODEV,
+            ];
+            while !st.load(Ordering::Relaxed) {
+                let p = {
+                    let v = pa.lock().unwrap();
+                    v[rng.below(v.len() as u64) as usize].clone()
+                };
+                let _in = PROWL.read().unwrap_or_else(|e| e.into_inner());
+                let full = root.join(&p);
+                let what = rng.below(3);
+                let r = match what {
+                    0 => list_stat(&full).map(drop),
+                    // Regular files only (a device or fifo may have come in its place
+                    // since: those errors are fine below).
+                    1 => match fs::symlink_metadata(&full) {
+                        Ok(md) if md.is_file() => open(&full, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOFOLLOW, 0)
+                            .and_then(|fd| read_all(&fd).map(drop)),
+                        Ok(_) => Ok(()),
+                        Err(e) => Err(e.raw_os_error().unwrap_or(0)),
+                    },
+                    _ => fs::symlink_metadata(&full)
+                        .map(drop)
+                        .map_err(|e| e.raw_os_error().unwrap_or(0)),
+                };
+                if let Err(e) = r {
+                    if !fine.contains(&e) {
+                        let what = ["ls -l", "read", "lstat"][what as usize];
+                        er.lock()
+                            .unwrap()
+                            .push(format!("prowler: {what} {p:?}: {}", errname(e)));
+                    }
+                }
+                n += 1;
+            }
+            n
+        });
+        Prowler {
+            stop,
+            paths,
+            errors,
+            thread: Some(thread),
+        }
+    }
+
+    fn learn(&self, k: &Known) {
+        *self.paths.lock().unwrap() = k.all.iter().cloned().chain([String::new()]).collect();
+    }
+
+    fn errors(&self) -> Vec<String> {
+        std::mem::take(&mut *self.errors.lock().unwrap())
+    }
+
+    fn stop(&mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().map(|t| t.join().unwrap_or(0)).unwrap_or(0)
+    }
+}
+
+impl Drop for Prowler {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 fn run_seed(seed: u64, ops: u64) {
     let t0 = Instant::now();
     let trace = std::env::var_os("STRATA_FUZZ_TRACE").is_some();
@@ -1795,6 +1956,12 @@ fn run_seed(seed: u64, ops: u64) {
         Ok(t) => Known::from_tree(&t),
         Err(e) => fail(&w, &done, &history, format!("before any operation: {e}")),
     };
+    // A second process in the mount, for half the seeds (STRATA_FUZZ_PROWL=0|1 says).
+    let prowl = env_u64("STRATA_FUZZ_PROWL").map(|v| v != 0).unwrap_or(seed % 4 < 2);
+    let mut prowler = prowl.then(|| Prowler::start(w.s.mnt.clone(), seed));
+    if let Some(p) = &prowler {
+        p.learn(&known);
+    }
     let remount_at = ops / 2;
     for step in 1..=ops {
         let op = if step == remount_at {
@@ -1821,14 +1988,40 @@ fn run_seed(seed: u64, ops: u64) {
                 Ok(t) => known = Known::from_tree(&t),
                 Err(e) => fail(&w, &done, &history, format!("after this step, {e}")),
             }
+            if let Some(p) = &prowler {
+                p.learn(&known);
+                let errs = p.errors();
+                if !errs.is_empty() {
+                    fail(
+                        &w,
+                        &done,
+                        &history,
+                        format!("beside these steps, {}", errs.join("\n  ")),
+                    );
+                }
+            }
         }
     }
+    let prowled = prowler.as_mut().map(|p| p.stop()).unwrap_or(0);
+    if let Some(p) = &prowler {
+        let errs = p.errors();
+        if !errs.is_empty() {
+            fail(
+                &w,
+                &done,
+                &history,
+                format!("beside the last steps, {}", errs.join("\n  ")),
+            );
+        }
+    }
+    drop(prowler);
     if let Err(e) = w.finish() {
         fail(&w, &done, &history, format!("at the end: {e}"));
     }
+    let secs = t0.elapsed().as_secs_f64();
     eprintln!(
-        "differential: seed={seed} done in {:.1?}, {} entries in the view",
-        t0.elapsed(),
+        "differential: seed={seed} {ops} operations in {secs:.1} s ({:.0} ops/s), {prowled} prowler calls beside, {} entries in the view",
+        ops as f64 / secs,
         tree(&w.model).map(|t| t.len()).unwrap_or(0)
     );
 }
@@ -2069,6 +2262,84 @@ fn raw_listing(dir: &Path) -> Result<Vec<(String, u8, bool)>, i32> {
     }
     out.sort();
     Ok(out)
+}
+
+/// `ls -l`: the listing, then an lstat of each entry by name. Entries that share an
+/// inode are told by the first name of their group, so that the two sides compare.
+fn list_stat(dir: &Path) -> Result<String, i32> {
+    let names = raw_listing(dir)?;
+    let mut first_of: HashMap<u64, String> = HashMap::new();
+    let mut out = Vec::new();
+    for (n, _, _) in names {
+        if n == "." || n == ".." {
+            continue;
+        }
+        let md = match fs::symlink_metadata(dir.join(&n)) {
+            Ok(md) => md,
+            Err(e) => {
+                out.push(format!("{n}:stat failed {}", errname(e.raw_os_error().unwrap_or(0))));
+                continue;
+            }
+        };
+        let group = first_of.entry(md.ino()).or_insert_with(|| n.clone()).clone();
+        let size = if md.is_dir() { 0 } else { md.len() };
+        let short = |s: &str| {
+            if s.len() > 12 {
+                format!("{}..{}", &s[..4], s.len())
+            } else {
+                s.to_string()
+            }
+        };
+        out.push(format!(
+            "{}:{}:{size}:{:o}:={}",
+            short(&n),
+            kind_char(md.file_type()),
+            md.mode() & 0o7777,
+            short(&group)
+        ));
+    }
+    Ok(out.join(","))
+}
+
+/// Writes `data` at `off` through a shared writable mapping, when it fits the file's
+/// size (a mapping cannot grow a file): else EFBIG on both sides alike.
+fn mmap_write(p: &Path, off: u64, data: &[u8]) -> Result<String, i32> {
+    let fd = open(p, libc::O_RDWR | libc::O_NONBLOCK, 0)?;
+    // SAFETY: an open fd and a zeroed stat buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    ok(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(libc::ENODEV);
+    }
+    let end = off + data.len() as u64;
+    if data.is_empty() || end > st.st_size as u64 {
+        return Err(libc::EFBIG);
+    }
+    // SAFETY: a shared mapping of `end` bytes of an open regular file at least that
+    // long; written within bounds, synced and unmapped before the fd goes.
+    unsafe {
+        let m = libc::mmap(
+            std::ptr::null_mut(),
+            end as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        );
+        if m == libc::MAP_FAILED {
+            return Err(errno());
+        }
+        std::ptr::copy_nonoverlapping(data.as_ptr(), (m as *mut u8).add(off as usize), data.len());
+        let r = libc::msync(m, end as usize, libc::MS_SYNC);
+        libc::munmap(m, end as usize);
+        ok(r)?;
+    }
+    Ok(format!("{} bytes", data.len()))
+}
+
+/// Drops the kernel's dentry and inode caches (what `echo 2 > drop_caches` does).
+fn drop_caches() {
+    let _ = fs::write("/proc/sys/vm/drop_caches", "2");
 }
 
 #[test]
