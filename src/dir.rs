@@ -210,6 +210,7 @@ impl Union {
         }
         let st = layer::stat_at(dir, name)?.ok_or(Errno::NOENT)?;
         let (node, st) = self.entered(&path, st, vec![0]);
+        self.attrs_changed(parent);
         Ok((node, st, fd))
     }
 
@@ -242,6 +243,8 @@ impl Union {
             w.count_name(st.st_dev, st.st_ino, 1);
         }
         let n = self.table.lookup(node.ino, &path, node.state());
+        self.attrs_changed(newparent);
+        self.attrs_changed(n.ino);
         Ok((n, st))
     }
 
@@ -312,6 +315,10 @@ impl Union {
             }
         }
         self.name_gone(&f, &path, id);
+        self.attrs_changed(parent);
+        if node.is_some_and(|n| !n.paths().is_empty()) {
+            self.attrs_changed(id);
+        }
         Ok(())
     }
 
@@ -531,6 +538,10 @@ impl Union {
             if n.paths().len() > 1 {
                 self.reseat(&n);
             }
+        }
+        self.attrs_changed(parent);
+        if newparent != parent {
+            self.attrs_changed(newparent);
         }
         Ok(())
     }

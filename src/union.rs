@@ -154,6 +154,19 @@ impl Union {
         })
     }
 
+    /// Node `ino` changed through the mount: a directory had an entry made, removed or
+    /// renamed in it, a file gained or lost a name. The kernel marks its attributes
+    /// stale itself, but a LOOKUP or READDIRPLUS answered before the change and taken
+    /// by the kernel after it would cache the old times or link count again, for the
+    /// whole attribute timeout. Telling the kernel the inode
+    /// changed bumps its attribute version, and such an older answer is then dropped.
+    /// One write to the FUSE device, no round trip.
+    pub fn attrs_changed(&self, ino: u64) {
+        if let Some(n) = self.notifier.get() {
+            let _ = n.inval_inode(fuser::INodeNo(ino), -1, 0);
+        }
+    }
+
     pub fn upper(&self) -> Option<&Layer> {
         self.layers.first().filter(|l| l.is_upper)
     }

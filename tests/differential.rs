@@ -328,6 +328,12 @@ fn random_layer(rng: &mut Rng, root: &Path, is_bottom: bool) {
         match rng.below(100) {
             0..=34 => {
                 fs::write(&p, data(rng.next(), rng.size())).unwrap();
+                if rng.chance(12) {
+                    // A sparse file: a hole, then data well past the first pages.
+                    let f = fs::OpenOptions::new().write(true).open(&p).unwrap();
+                    let at = 65_536 + rng.below(300_000);
+                    std::os::unix::fs::FileExt::write_all_at(&f, &data(rng.next(), 1 + rng.below(9000)), at).unwrap();
+                }
                 files.push(p.clone());
             }
             35..=54 => {
