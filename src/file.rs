@@ -189,6 +189,16 @@ impl Union {
         }
         let moves = node.data_moves.load(Ordering::Acquire);
         let (fd, lower) = self.open_data(node, backing_flags(flags), write)?;
+        // The kernel opens regular files only. A name that now leads elsewhere (a fifo
+        // or device in its place) must not be served as this node's data.
+        if rfs::fstat(&fd).map(|st| crate::layer::file_type(&st))? != FileType::RegularFile {
+            tracing::warn!(
+                "node {:#x} ({:?}): its backing file is no longer a regular file",
+                node.ino,
+                node.paths()
+            );
+            return Err(Errno::STALE);
+        }
         // Asked of the file opened, not of the name: another request may complete the
         // metadata-only copy meanwhile, and a handle on the completed file must not wait
         // for a fill (nor keep the kernel from passing I/O through to the file).

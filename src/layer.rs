@@ -182,7 +182,10 @@ impl Layer {
     }
 
     /// Opens the entry at `rel` with `flags` (never following a final symlink).
+    /// Never blocks: a fifo found where a regular file was expected is opened
+    /// non-blocking (callers check the type).
     pub fn open_file(&self, rel: &Path, flags: OFlags) -> Result<OwnedFd> {
+        let flags = flags | OFlags::NONBLOCK;
         let (parent, name) = split(rel);
         let d = self.dir(parent)?.ok_or(Errno::NOENT)?;
         if self.is_upper {

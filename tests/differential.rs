@@ -1647,8 +1647,19 @@ impl World {
             return Ok(String::new());
         }
         if let Op::Remount = op {
-            // No prowler in the mount while it goes away.
-            let _alone = PROWL.write().unwrap_or_else(|e| e.into_inner());
+            // No prowler in the mount while it goes away (one stuck in a call for long
+            // is a hang of the mount).
+            let t = Instant::now();
+            let _alone = loop {
+                match PROWL.try_write() {
+                    Ok(g) => break g,
+                    Err(std::sync::TryLockError::Poisoned(e)) => break e.into_inner(),
+                    Err(_) if t.elapsed().as_secs() > 60 => {
+                        return Err("the second process is stuck in a call into the mount (60 s)".into())
+                    }
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+                }
+            };
             self.m.close_all();
             self.r.close_all();
             drop(self.mnt.take());
@@ -1901,15 +1912,25 @@ impl Prowler {
         std::mem::take(&mut *self.errors.lock().unwrap())
     }
 
-    fn stop(&mut self) -> u64 {
+    /// Stops it and returns how many calls it made; an error if it is stuck in one
+    /// (then it is left behind, and the mount's guard unmounts under it).
+    fn stop(&mut self) -> Result<u64, String> {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.thread.take().map(|t| t.join().unwrap_or(0)).unwrap_or(0)
+        let Some(t) = self.thread.take() else { return Ok(0) };
+        let t0 = Instant::now();
+        while !t.is_finished() {
+            if t0.elapsed().as_secs() > 60 {
+                return Err("the second process is stuck in a call into the mount (60 s)".into());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        Ok(t.join().unwrap_or(0))
     }
 }
 
 impl Drop for Prowler {
     fn drop(&mut self) {
-        self.stop();
+        let _ = self.stop();
     }
 }
 
@@ -2008,7 +2029,10 @@ fn run_seed(seed: u64, ops: u64) {
             }
         }
     }
-    let prowled = prowler.as_mut().map(|p| p.stop()).unwrap_or(0);
+    let prowled = match prowler.as_mut().map(|p| p.stop()).unwrap_or(Ok(0)) {
+        Ok(n) => n,
+        Err(e) => fail(&w, &done, &history, e),
+    };
     if let Some(p) = &prowler {
         let errs = p.errors();
         if !errs.is_empty() {

@@ -444,6 +444,37 @@ fn hard_linked_lower_file_survives_listing_rename_and_listing() {
 }
 
 #[test]
+fn a_fifo_put_behind_the_mount_in_place_of_a_file_never_hangs_an_open() {
+    // The kernel opens only regular files through the daemon; if the name the daemon
+    // does I/O by leads to a fifo now (the upper changed behind the mount), the open
+    // must fail, not wait for a writer forever.
+    let s = Stack::new(1);
+    write(s.l(0, "f"), "data");
+    let _m = s.mount();
+    fs::set_permissions(s.m("f"), fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(read(s.m("f")), "data");
+    fs::remove_file(s.u("f")).unwrap();
+    let c = std::ffi::CString::new(s.u("f").as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let p = s.m("f");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&p);
+        let _ = tx.send(f.map(|f| f.metadata().unwrap().file_type()));
+    });
+    let r = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("a non-blocking open through the mount hung on a fifo in the upper");
+    // The kernel, told the file is stale, looks the name up again: it is a fifo now,
+    // and opens as one.
+    if let Ok(t) = r {
+        assert!(t.is_fifo(), "a fifo served as a regular file's data: {t:?}");
+    }
+}
+
+#[test]
 fn inode_numbers_are_stable_across_copy_up_and_unique_across_layers() {
     let s = Stack::new(3);
     for i in 0..3 {
