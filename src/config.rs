@@ -149,8 +149,10 @@ fn number<T: std::str::FromStr>(opt: &str, v: &str) -> Result<T, String> {
 }
 
 /// `C:H:N[:C:H:N...]` (container id, host id, count), as fuse-overlayfs takes them.
+/// Empty fields are skipped, as fuse-overlayfs does: podman 4.3 passes the maps with a
+/// leading colon (`:0:1:1005:1005:0:1:...`).
 fn id_maps(opt: &str, v: &str) -> Result<Vec<IdMap>, String> {
-    let parts: Vec<&str> = v.split(':').collect();
+    let parts: Vec<&str> = v.split(':').filter(|p| !p.is_empty()).collect();
     if parts.is_empty() || !parts.len().is_multiple_of(3) {
         return Err(format!(
             "invalid value '{v}' for option '{opt}': expected container:host:size triples"
@@ -377,6 +379,39 @@ mod tests {
             assert!(e.contains(&bad[11..]), "{bad}: {e}");
         }
         assert!(apply_opts(&mut Config::default(), "uidmapping=0:1000:10:10:2000:10").is_ok());
+    }
+
+    #[test]
+    fn id_mappings_as_podman_passes_them() {
+        let m = |c, h, s| IdMap {
+            container: c,
+            host: h,
+            size: s,
+        };
+        // podman 4.3, --userns=keep-id for uid 1005 (host ids are the user namespace's).
+        let c = parse(
+            "lowerdir=/l,uidmapping=:0:1:1005:1005:0:1:1006:1006:64531,gidmapping=:0:1:1005:1005:0:1:1006:1006:64531",
+        );
+        let want = vec![m(0, 1, 1005), m(1005, 0, 1), m(1006, 1006, 64531)];
+        assert_eq!(c.uid_map, want);
+        assert_eq!(c.gid_map, want);
+        // --uidmap 0:1:5000
+        assert_eq!(parse("uidmapping=:0:1:5000").uid_map, vec![m(0, 1, 5000)]);
+        // Empty fields anywhere are skipped; triples still have to be whole.
+        assert_eq!(parse("uidmapping=0::1:1000:").uid_map, vec![m(0, 1, 1000)]);
+        for bad in [
+            "uidmapping=:",
+            "uidmapping=::",
+            "uidmapping=:0:1",
+            "uidmapping=:0:1:5000:7",
+        ] {
+            let e = apply_opts(&mut Config::default(), bad).unwrap_err();
+            assert!(e.contains("uidmapping") && e.contains("triples"), "{bad}: {e}");
+        }
+        // Overlap is still refused with the leading colon.
+        assert!(apply_opts(&mut Config::default(), "uidmapping=:0:1:10:5:100:10")
+            .unwrap_err()
+            .contains("overlap"));
     }
 
     #[test]
