@@ -253,7 +253,7 @@ e2e() {
     rc=${PIPESTATUS[0]}
     set -e
     line=$(grep -aE '^[0-9]+ passed, [0-9]+ failed' "$WORK/$label.log" | tail -1)
-    read -r p f k < <(echo "$line" | sed -E 's/^([0-9]+) passed, ([0-9]+) failed(, ([0-9]+) skipped)?.*/\1 \2 \3/')
+    read -r p f k < <(echo "$line" | sed -E 's/^([0-9]+) passed, ([0-9]+) failed(, ([0-9]+) skipped)?.*/\1 \2 \4/')
     p=${p:-0} f=${f:-0} k=${k:-0}
     if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
     summary+=("$(printf '%-12s' "$label:") $p passed, $f failed, $k skipped (exit $rc)")
