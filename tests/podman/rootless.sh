@@ -17,7 +17,8 @@
 #   - creates the user $RL_USER (no home outside the temp dir) unless it exists, and deletes
 #     it again if it created it; adds "$RL_USER:START:65536" to /etc/subuid and /etc/subgid
 #     (START past every range there) unless a line for it is there, and removes the lines it
-#     added. A user left by a killed run is reused, so running again is safe;
+#     added (and the files, if it made them). A user left by a killed run is reused, so
+#     running again is safe;
 #   - gives /dev/fuse mode 0666 for the run and puts its old mode back;
 #   - stops every process of $RL_USER it started (podman's pause process, conmon, mount
 #     daemons), by pid.
@@ -90,6 +91,7 @@ T=$(mktemp -d /tmp/strata-rl.XXXXXX) || die "mktemp failed"
 chmod 755 "$T"
 ADDED_USER=0
 ADDED_SUBID=0
+MADE_SUBID_FILES=()
 FUSE_MODE=
 RL_UID=
 
@@ -125,6 +127,9 @@ cleanup() {
     if [ "$ADDED_SUBID" = 1 ]; then
         sed -i "/^$RL_USER:/d" /etc/subuid /etc/subgid
     fi
+    for f in "${MADE_SUBID_FILES[@]}"; do
+        [ -s "$f" ] || rm -f "$f"
+    done
     if [ "$ADDED_USER" = 1 ]; then
         userdel "$RL_USER" 2>/dev/null || say "rootless.sh: could not delete user $RL_USER" >&2
     fi
@@ -148,6 +153,12 @@ if ! getent passwd "$RL_USER" >/dev/null; then
 fi
 RL_UID=$(id -u "$RL_USER")
 RL_GID=$(id -g "$RL_USER")
+for f in /etc/subuid /etc/subgid; do
+    if [ ! -e "$f" ]; then
+        : >"$f"
+        MADE_SUBID_FILES+=("$f")
+    fi
+done
 if ! grep -q "^$RL_USER:" /etc/subuid || ! grep -q "^$RL_USER:" /etc/subgid; then
     sed -i "/^$RL_USER:/d" /etc/subuid /etc/subgid
     start=$(cat /etc/subuid /etc/subgid | awk -F: 'BEGIN { m = 400000 } NF == 3 && $2 + $3 > m { m = $2 + $3 } END { print m }')
