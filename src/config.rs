@@ -291,8 +291,25 @@ pub fn apply_opts(cfg: &mut Config, opts: &str) -> Result<(), String> {
                 cfg.foreground = true;
             }
             "fsname" => cfg.fsname = Some(need(key, val)?.to_string()),
-            // SELinux label, xattr permission mode and FUSE subtype: accepted, nothing to do.
-            "context" | "fscontext" | "defcontext" | "rootcontext" | "xattr_permissions" | "subtype" | "comment" => {}
+            // Stores with `force_mask` keep owners and modes in an xattr that the mount
+            // should show; strata does not, and would show the wrong ones: refused.
+            "xattr_permissions" => match need(key, val)? {
+                "0" => {}
+                v @ ("1" | "2") => {
+                    return Err(format!(
+                        "option 'xattr_permissions={v}' is not supported: owners and modes kept in \
+                         user.containers.override_stat (a containers-storage store with force_mask) \
+                         are not applied by strata; use fuse-overlayfs for such a store"
+                    ))
+                }
+                v => {
+                    return Err(format!(
+                        "invalid value '{v}' for option 'xattr_permissions': expected 0, 1 or 2"
+                    ))
+                }
+            },
+            // SELinux label and FUSE subtype: accepted, nothing to do.
+            "context" | "fscontext" | "defcontext" | "rootcontext" | "subtype" | "comment" => {}
             k if IGNORED.contains(&k) || k.starts_with("x-") => {}
             _ => cfg.unknown.push(item.clone()),
         }
@@ -423,6 +440,20 @@ mod tests {
         assert!(apply_opts(&mut c, "lowerdir=/a::/b")
             .unwrap_err()
             .contains("empty path"));
+    }
+
+    #[test]
+    fn xattr_permissions_other_than_0_are_refused() {
+        assert!(parse("lowerdir=/l,xattr_permissions=0").unknown.is_empty());
+        for v in ["1", "2"] {
+            let e = apply_opts(&mut Config::default(), &format!("lowerdir=/l,xattr_permissions={v}")).unwrap_err();
+            assert!(
+                e.contains(&format!("xattr_permissions={v}")) && e.contains("not supported"),
+                "{e}"
+            );
+        }
+        let e = apply_opts(&mut Config::default(), "xattr_permissions=3").unwrap_err();
+        assert!(e.contains("invalid value '3'"), "{e}");
     }
 
     #[test]
