@@ -7,6 +7,10 @@
 #   3. pjdfstest (POSIX conformance) inside a fresh strata mount;
 #   4. the podman end-to-end test when tests/podman/run.sh exists
 #      (SKIP_PODMAN=1 leaves it out);
+#   5. Docker with strata as its fuse-overlayfs, and containerd's mount.fuse3
+#      argv (tests/docker/run.sh; SKIP_DOCKER=1 leaves it out);
+#   6. rootless podman as a test user, and strata mounted by that user by
+#      hand (tests/podman/rootless.sh; SKIP_ROOTLESS=1 leaves it out);
 # then prints a summary and exits non-zero if anything failed. No mount or
 # daemon is left behind, whatever happens.
 set -euo pipefail
@@ -231,6 +235,33 @@ if [ -x tests/podman/run.sh ]; then
         total_fail=$((total_fail + pf))
     fi
 fi
+
+# ---------------------------------------------------------------- other end-to-end suites
+# e2e LABEL SKIPVAR SCRIPT [ENV=VALUE...]: runs SCRIPT (which ends with "N passed, M failed")
+# unless $SKIPVAR is set, and counts it.
+e2e() {
+    local label=$1 skipvar=$2 script=$3 rc p f k line
+    shift 3
+    [ -x "$script" ] || return 0
+    if [ -n "${!skipvar:-}" ]; then
+        summary+=("$(printf '%-12s' "$label:") skipped ($skipvar set)")
+        return 0
+    fi
+    say "$label end-to-end ($script)"
+    set +e
+    env STRATA="$BIN" "$@" timeout -k 30 900 "$script" 2>&1 | tee "$WORK/$label.log"
+    rc=${PIPESTATUS[0]}
+    set -e
+    line=$(grep -aE '^[0-9]+ passed, [0-9]+ failed' "$WORK/$label.log" | tail -1)
+    read -r p f k < <(echo "$line" | sed -E 's/^([0-9]+) passed, ([0-9]+) failed(, ([0-9]+) skipped)?.*/\1 \2 \4/')
+    p=${p:-0} f=${f:-0} k=${k:-0}
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
+    summary+=("$(printf '%-12s' "$label:") $p passed, $f failed, $k skipped (exit $rc)")
+    total_pass=$((total_pass + p))
+    total_fail=$((total_fail + f))
+}
+e2e docker SKIP_DOCKER tests/docker/run.sh
+e2e rootless SKIP_ROOTLESS tests/podman/rootless.sh
 
 leaks=$(leaked_mounts)
 if [ -n "$leaks" ]; then

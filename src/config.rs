@@ -149,8 +149,10 @@ fn number<T: std::str::FromStr>(opt: &str, v: &str) -> Result<T, String> {
 }
 
 /// `C:H:N[:C:H:N...]` (container id, host id, count), as fuse-overlayfs takes them.
+/// Empty fields are skipped, as fuse-overlayfs does: podman 4.3 passes the maps with a
+/// leading colon (`:0:1:1005:1005:0:1:...`).
 fn id_maps(opt: &str, v: &str) -> Result<Vec<IdMap>, String> {
-    let parts: Vec<&str> = v.split(':').collect();
+    let parts: Vec<&str> = v.split(':').filter(|p| !p.is_empty()).collect();
     if parts.is_empty() || !parts.len().is_multiple_of(3) {
         return Err(format!(
             "invalid value '{v}' for option '{opt}': expected container:host:size triples"
@@ -289,8 +291,25 @@ pub fn apply_opts(cfg: &mut Config, opts: &str) -> Result<(), String> {
                 cfg.foreground = true;
             }
             "fsname" => cfg.fsname = Some(need(key, val)?.to_string()),
-            // SELinux label, xattr permission mode and FUSE subtype: accepted, nothing to do.
-            "context" | "fscontext" | "defcontext" | "rootcontext" | "xattr_permissions" | "subtype" | "comment" => {}
+            // Stores with `force_mask` keep owners and modes in an xattr that the mount
+            // should show; strata does not, and would show the wrong ones: refused.
+            "xattr_permissions" => match need(key, val)? {
+                "0" => {}
+                v @ ("1" | "2") => {
+                    return Err(format!(
+                        "option 'xattr_permissions={v}' is not supported: owners and modes kept in \
+                         user.containers.override_stat (a containers-storage store with force_mask) \
+                         are not applied by strata; use fuse-overlayfs for such a store"
+                    ))
+                }
+                v => {
+                    return Err(format!(
+                        "invalid value '{v}' for option 'xattr_permissions': expected 0, 1 or 2"
+                    ))
+                }
+            },
+            // SELinux label and FUSE subtype: accepted, nothing to do.
+            "context" | "fscontext" | "defcontext" | "rootcontext" | "subtype" | "comment" => {}
             k if IGNORED.contains(&k) || k.starts_with("x-") => {}
             _ => cfg.unknown.push(item.clone()),
         }
@@ -380,6 +399,39 @@ mod tests {
     }
 
     #[test]
+    fn id_mappings_as_podman_passes_them() {
+        let m = |c, h, s| IdMap {
+            container: c,
+            host: h,
+            size: s,
+        };
+        // podman 4.3, --userns=keep-id for uid 1005 (host ids are the user namespace's).
+        let c = parse(
+            "lowerdir=/l,uidmapping=:0:1:1005:1005:0:1:1006:1006:64531,gidmapping=:0:1:1005:1005:0:1:1006:1006:64531",
+        );
+        let want = vec![m(0, 1, 1005), m(1005, 0, 1), m(1006, 1006, 64531)];
+        assert_eq!(c.uid_map, want);
+        assert_eq!(c.gid_map, want);
+        // --uidmap 0:1:5000
+        assert_eq!(parse("uidmapping=:0:1:5000").uid_map, vec![m(0, 1, 5000)]);
+        // Empty fields anywhere are skipped; triples still have to be whole.
+        assert_eq!(parse("uidmapping=0::1:1000:").uid_map, vec![m(0, 1, 1000)]);
+        for bad in [
+            "uidmapping=:",
+            "uidmapping=::",
+            "uidmapping=:0:1",
+            "uidmapping=:0:1:5000:7",
+        ] {
+            let e = apply_opts(&mut Config::default(), bad).unwrap_err();
+            assert!(e.contains("uidmapping") && e.contains("triples"), "{bad}: {e}");
+        }
+        // Overlap is still refused with the leading colon.
+        assert!(apply_opts(&mut Config::default(), "uidmapping=:0:1:10:5:100:10")
+            .unwrap_err()
+            .contains("overlap"));
+    }
+
+    #[test]
     fn escaped_colons_and_empty_items() {
         let c = parse(r"lowerdir=/a\:b:/c,,,upperdir=/u\:1");
         assert_eq!(c.lowers, vec![PathBuf::from("/a:b"), "/c".into()]);
@@ -388,6 +440,20 @@ mod tests {
         assert!(apply_opts(&mut c, "lowerdir=/a::/b")
             .unwrap_err()
             .contains("empty path"));
+    }
+
+    #[test]
+    fn xattr_permissions_other_than_0_are_refused() {
+        assert!(parse("lowerdir=/l,xattr_permissions=0").unknown.is_empty());
+        for v in ["1", "2"] {
+            let e = apply_opts(&mut Config::default(), &format!("lowerdir=/l,xattr_permissions={v}")).unwrap_err();
+            assert!(
+                e.contains(&format!("xattr_permissions={v}")) && e.contains("not supported"),
+                "{e}"
+            );
+        }
+        let e = apply_opts(&mut Config::default(), "xattr_permissions=3").unwrap_err();
+        assert!(e.contains("invalid value '3'"), "{e}");
     }
 
     #[test]
