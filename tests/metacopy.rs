@@ -220,7 +220,10 @@ fn strata_metacopy_uppers_read_by_the_kernel_or_refused() {
                 got.len(),
                 got.iter().filter(|b| **b == 0).count()
             ),
-            Err(e) => eprintln!("kernel without metacopy=on refuses {rel}: {e}"),
+            Err(e) => {
+                eprintln!("kernel without metacopy=on refuses {rel}: {e}");
+                assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{rel}: the kernel's refusal");
+            }
         }
     }
     assert_data(&k.p("small"), &data(5, 1000), "small (copied whole)");

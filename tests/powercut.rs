@@ -15,7 +15,8 @@
 //!
 //! Default mode must never lose data. With `fsync=0` a loss is expected at least
 //! sometimes: counted and printed, not failed. `STRATA_POWERCUT_ROUNDS` sets the
-//! rounds per mode (default 3).
+//! rounds per mode (default 3); `STRATA_POWERCUT_REPORT=FILE` writes the outcome there
+//! (scripts/test.sh shows it in its summary).
 
 mod common;
 
@@ -60,6 +61,9 @@ fn run(cmd: &str, args: &[&str]) -> Result<String, String> {
 fn unavailable() -> Option<String> {
     if !rustix::process::geteuid().is_root() {
         return Some("needs root (loop devices, mount)".into());
+    }
+    if !Path::new("/dev/loop-control").exists() {
+        return Some("no loop devices (/dev/loop-control is missing)".into());
     }
     for tool in ["losetup", "mkfs.ext4", "mount", "umount"] {
         if Command::new("sh")
@@ -249,8 +253,13 @@ fn round(tmp: &Path, opts: &str, r: usize) -> usize {
 
 #[test]
 fn power_cut_after_copy_ups_loses_nothing_by_default() {
+    // scripts/test.sh puts the outcome in its summary.
+    let report_to = std::env::var_os("STRATA_POWERCUT_REPORT");
     if let Some(why) = unavailable() {
         eprintln!("SKIP: power-cut test: {why}");
+        if let Some(p) = &report_to {
+            let _ = fs::write(p, format!("skipped: {why}\n"));
+        }
         return;
     }
     let rounds: usize = std::env::var("STRATA_POWERCUT_ROUNDS")
@@ -281,5 +290,8 @@ fn power_cut_after_copy_ups_loses_nothing_by_default() {
     }
     for l in &report {
         eprintln!("power cut: {l}");
+    }
+    if let Some(p) = &report_to {
+        let _ = fs::write(p, report.join("\n") + "\n");
     }
 }
