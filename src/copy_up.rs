@@ -240,12 +240,16 @@ pub enum Fill {
     MetaFrom(usize, PathBuf),
 }
 
+/// Whether the daemon runs as root (and so may use trusted.* xattrs).
+fn is_root() -> bool {
+    static ROOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ROOT.get_or_init(|| rustix::process::geteuid().is_root())
+}
+
 /// The kernel overlayfs' xattr `name`: `trusted.overlay.NAME`, or `user.overlay.NAME`
 /// (its `userxattr` form) when not running as root, where trusted.* is out of reach.
 fn ovl_xattr(name: &str) -> &'static str {
-    static ROOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let root = *ROOT.get_or_init(|| rustix::process::geteuid().is_root());
-    match (name, root) {
+    match (name, is_root()) {
         ("metacopy", true) => "trusted.overlay.metacopy",
         ("metacopy", false) => "user.overlay.metacopy",
         ("redirect", true) => "trusted.overlay.redirect",
@@ -257,7 +261,7 @@ fn ovl_xattr(name: &str) -> &'static str {
 /// The marker older strata versions put on a metadata-only copy: "LAYER\0PATH".
 /// Still read, never written.
 fn legacy_metacopy_xattr() -> &'static str {
-    if rustix::process::geteuid().is_root() {
+    if is_root() {
         "trusted.strata.metacopy"
     } else {
         "user.strata.metacopy"
