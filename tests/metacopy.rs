@@ -95,6 +95,7 @@ fn fixture() -> Fixture {
         .file("big2", data(2, BIG))
         .file("big3", data(3, BIG))
         .file("d/big4", data(4, BIG))
+        .file("d/big6", data(6, BIG))
         .file("small", data(5, 1000));
     fx
 }
@@ -106,6 +107,9 @@ fn change_metadata(root: &Path) {
     set_times(&root.join("d/big4"), (2_000_000, 0), (2_000_000, 0)).unwrap();
     fs::set_permissions(root.join("big3"), fs::Permissions::from_mode(0o640)).unwrap();
     fs::rename(root.join("big3"), root.join("d/moved")).unwrap();
+    // Within its directory: the kernel writes a relative redirect for it.
+    fs::set_permissions(root.join("d/big6"), fs::Permissions::from_mode(0o640)).unwrap();
+    fs::rename(root.join("d/big6"), root.join("d/big6.moved")).unwrap();
     fs::set_permissions(root.join("small"), fs::Permissions::from_mode(0o600)).unwrap();
 }
 
@@ -116,6 +120,7 @@ fn expected() -> Vec<(&'static str, Vec<u8>)> {
         ("big2", data(2, BIG)),
         ("d/moved", data(3, BIG)),
         ("d/big4", data(4, BIG)),
+        ("d/big6.moved", data(6, BIG)),
         ("small", data(5, 1000)),
     ]
 }
@@ -192,7 +197,7 @@ fn strata_metacopy_uppers_read_by_the_kernel_or_refused() {
     change_metadata(m.path());
     check_view(m.path(), "strata metacopy=on");
     m.finish();
-    for rel in ["big", "big2", "d/moved", "d/big4"] {
+    for rel in ["big", "big2", "d/moved", "d/big4", "d/big6.moved"] {
         let up = fx.upper().p(rel);
         assert_eq!(meta(&up).blocks(), 0, "{rel}: metadata-only copy");
         assert_eq!(meta(&up).len(), BIG as u64, "{rel}: size of the metadata-only copy");
@@ -213,7 +218,7 @@ fn strata_metacopy_uppers_read_by_the_kernel_or_refused() {
     drop(k);
 
     let k = KernelOverlay::mount(&fx, "kernel-nometa", "").unwrap();
-    for rel in ["big", "big2", "d/moved", "d/big4"] {
+    for rel in ["big", "big2", "d/moved", "d/big4", "d/big6.moved"] {
         match fs::read(k.p(rel)) {
             Ok(got) => panic!(
                 "kernel overlayfs without metacopy read {rel} ({} bytes, {} zero) instead of refusing it",
@@ -279,6 +284,13 @@ fn kernel_metacopy_uppers_read_by_strata() {
     assert!(
         get_xattr(&fx.upper().p("d/moved"), "trusted.overlay.redirect").is_ok(),
         "the kernel redirects the renamed copy"
+    );
+    eprintln!(
+        "the kernel's redirects: d/moved {:?}, d/big6.moved {:?}",
+        get_xattr(&fx.upper().p("d/moved"), "trusted.overlay.redirect")
+            .map(|v| String::from_utf8_lossy(&v).into_owned()),
+        get_xattr(&fx.upper().p("d/big6.moved"), "trusted.overlay.redirect")
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
     );
     for opts in ["", "metacopy=on"] {
         let m = fx.mount_opts(opts);
