@@ -317,3 +317,40 @@ fn kernel_metacopy_uppers_read_by_strata() {
     assert_data(&k.p("big"), &want, "the kernel reads strata's completed copy");
     assert_data(&k.p("d/moved"), &data(3, BIG), "the kernel's own redirect");
 }
+
+/// Metadata-only copies left by earlier strata versions (`trusted.strata.metacopy` =
+/// "LAYER\0PATH") still read right, and complete on a write.
+#[test]
+fn older_strata_metacopy_uppers_still_read() {
+    let fx = fixture();
+    let up = fx.upper().p("big");
+    let f = fs::File::create(&up).unwrap();
+    f.set_len(BIG as u64).unwrap();
+    drop(f);
+    fs::set_permissions(&up, fs::Permissions::from_mode(0o600)).unwrap();
+    set_xattr(&up, "trusted.strata.metacopy", b"1\0big").unwrap();
+    // Renamed by that version: the path names the lower file.
+    let up2 = fx.upper().p("d/renamed");
+    fs::create_dir_all(up2.parent().unwrap()).unwrap();
+    fs::File::create(&up2).unwrap().set_len(BIG as u64).unwrap();
+    set_xattr(&up2, "trusted.strata.metacopy", b"1\0big2").unwrap();
+    let m = fx.mount();
+    assert_data(&m.p("big"), &data(1, BIG), "older metacopy");
+    assert_data(&m.p("d/renamed"), &data(2, BIG), "older metacopy, renamed");
+    assert!(list_xattr(&m.p("big")).unwrap().is_empty(), "the marker stays hidden");
+    OpenOptions::new()
+        .append(true)
+        .open(m.p("big"))
+        .unwrap()
+        .write_all(b"+")
+        .unwrap();
+    let mut want = data(1, BIG);
+    want.push(b'+');
+    assert_data(&m.p("big"), &want, "after append");
+    m.finish();
+    assert_data(&up, &want, "the completed upper file");
+    assert!(
+        get_xattr(&up, "trusted.strata.metacopy").is_err(),
+        "marker gone once complete"
+    );
+}
