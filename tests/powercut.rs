@@ -13,6 +13,10 @@
 //! counters in /sys/block). What ext4 had not written to the device is lost, as in a
 //! power cut: a copy-up renamed into place without its data shows as an empty file.
 //!
+//! A second kind of cut comes at a random moment during the operations: ext4's
+//! shutdown ioctl without a log flush (as xfstests' `godown`) drops the running
+//! journal transaction and all dirty pages at once; the device is then mounted again.
+//!
 //! Default mode must never lose data. With `fsync=0` a loss is expected at least
 //! sometimes: counted and printed, not failed. `STRATA_POWERCUT_ROUNDS` sets the
 //! rounds per mode (default 3); `STRATA_POWERCUT_REPORT=FILE` writes the outcome there
@@ -27,7 +31,7 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The files copied up each round: (name, size).
 const FILES: &[(&str, usize)] = &[
@@ -172,8 +176,60 @@ fn cut(dev: &Loop, image: &Path, to: &Path) -> bool {
     false
 }
 
+/// Unmounts strata (the daemon is killed if it does not exit in time). This test is
+/// about the data, not the daemon's exit: a copy of the mount in another mount
+/// namespace (another program's `unshare -m` on a shared machine) keeps the FUSE
+/// connection, and so the daemon, alive after a clean unmount here.
+fn stop(m: Mount) {
+    m.assert_lowers_unchanged();
+    force_unmount(m.path());
+    drop(m);
+}
+
+/// How the power is cut.
+#[derive(Clone, Copy, Debug)]
+enum Cut {
+    /// After the operations and a journal commit: a copy of the idle device.
+    Idle,
+    /// At a random moment during the operations (this many ms after they start):
+    /// ext4's shutdown ioctl without a log flush, which drops the running journal
+    /// transaction and every dirty page, as a power cut does.
+    Shutdown(u64),
+}
+
+/// `EXT4_IOC_SHUTDOWN` (`_IOR('X', 125, __u32)`) with `EXT4_GOING_FLAGS_NOLOGFLUSH`.
+fn shutdown(dir: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = fs::File::open(dir)?;
+    let flags: u32 = 2;
+    // SAFETY: a valid fd and a pointer to a u32 the ioctl reads.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), 0x8004_587d, &flags) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The round's operations through the mount (errors after a shutdown are expected).
+fn operate(mnt: &Path, r: usize) {
+    for (i, (name, _)) in FILES.iter().enumerate() {
+        let p = mnt.join(name);
+        let _ = if (i + r).is_multiple_of(2) {
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o600))
+        } else {
+            OpenOptions::new()
+                .append(true)
+                .open(&p)
+                .and_then(|mut f| f.write_all(TAIL))
+        };
+        // Spread over a few journal commits (commit=1).
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 /// One round: the number of files that came back short or zero-filled.
-fn round(tmp: &Path, opts: &str, r: usize) -> usize {
+fn round(tmp: &Path, opts: &str, r: usize, how: Cut) -> usize {
     let lower = tmp.join("lower");
     let _ = fs::remove_dir_all(&lower);
     for (name, len) in FILES {
@@ -194,26 +250,26 @@ fn round(tmp: &Path, opts: &str, r: usize) -> usize {
         // What was written so far goes to the device: the cut loses only the round's work.
         run("sync", &["-f", disk.dir.to_str().unwrap()]).unwrap();
         let m = strata(opts, &lower, &disk.dir, &tmp.join("mnt"));
-        for (i, (name, _)) in FILES.iter().enumerate() {
-            let p = m.p(name);
-            if (i + r).is_multiple_of(2) {
-                fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
-            } else {
-                OpenOptions::new()
-                    .append(true)
-                    .open(&p)
-                    .unwrap()
-                    .write_all(TAIL)
-                    .unwrap();
+        match how {
+            Cut::Idle => {
+                operate(m.path(), r);
+                // Long enough for ext4 (commit=1) to commit the renames; far from writeback.
+                std::thread::sleep(Duration::from_millis(2500));
+                let exact = cut(disk.dev.as_ref().unwrap(), &image, &snap);
+                assert!(exact, "the loop device never went idle for the cut");
+                stop(m);
+            }
+            Cut::Shutdown(ms) => {
+                let mnt = m.path().to_path_buf();
+                let ops = std::thread::spawn(move || operate(&mnt, r));
+                std::thread::sleep(Duration::from_millis(ms));
+                shutdown(&disk.dir).unwrap_or_else(|e| panic!("ext4 shutdown ioctl: {e}"));
+                ops.join().unwrap();
+                stop(m);
+                drop(disk);
+                fs::rename(&image, &snap).unwrap();
             }
         }
-        // Long enough for ext4 (commit=1) to commit the renames; far from writeback.
-        std::thread::sleep(Duration::from_millis(2500));
-        let started = Instant::now();
-        let exact = cut(disk.dev.as_ref().unwrap(), &image, &snap);
-        assert!(exact, "the loop device never went idle for the cut");
-        eprintln!("  cut taken in {:?}", started.elapsed());
-        m.finish();
     }
     // Power back: ext4 replays its journal, strata mounts the upper as it was.
     let disk = Ext4::mount(&snap, &tmp.join("fs2")).unwrap();
@@ -245,7 +301,7 @@ fn round(tmp: &Path, opts: &str, r: usize) -> usize {
             );
         }
     }
-    m.finish();
+    stop(m);
     drop(disk);
     let _ = fs::remove_file(&snap);
     lost
@@ -268,25 +324,42 @@ fn power_cut_after_copy_ups_loses_nothing_by_default() {
         .unwrap_or(3);
     let tmp = tempfile::Builder::new().prefix("strata-powercut.").tempdir().unwrap();
     let mut report = Vec::new();
+    let mut rng = (rounds as u64)
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     for opts in ["", "fsync=0"] {
-        let mut lossy = 0;
-        let mut lost_files = 0;
-        for r in 0..rounds {
-            let n = round(tmp.path(), opts, r);
-            lost_files += n;
-            lossy += (n > 0) as usize;
-            if opts.is_empty() {
-                assert_eq!(
-                    n, 0,
-                    "default mode, round {r}: {n} files short or zero-filled after the cut"
-                );
+        for shut in [false, true] {
+            let mut lossy = 0;
+            let mut lost_files = 0;
+            for r in 0..rounds {
+                rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                // From the start of the operations to 1 s after their end.
+                let how = if shut {
+                    Cut::Shutdown((rng >> 33) % (FILES.len() as u64 * 300 + 1000))
+                } else {
+                    Cut::Idle
+                };
+                let n = round(tmp.path(), opts, r, how);
+                lost_files += n;
+                lossy += (n > 0) as usize;
+                if opts.is_empty() {
+                    assert_eq!(
+                        n, 0,
+                        "default mode, round {r}, {how:?}: {n} files short or zero-filled after the cut"
+                    );
+                }
             }
+            let kind = if shut {
+                "shutdown at a random moment"
+            } else {
+                "idle device after the operations"
+            };
+            report.push(format!(
+                "-o {:?}, cut: {kind}: {lossy} of {rounds} rounds lost data ({lost_files} of {} files)",
+                opts,
+                rounds * FILES.len()
+            ));
         }
-        report.push(format!(
-            "-o {:?}: {lossy} of {rounds} rounds lost data ({lost_files} of {} files)",
-            opts,
-            rounds * FILES.len()
-        ));
     }
     for l in &report {
         eprintln!("power cut: {l}");
