@@ -33,6 +33,9 @@ command -v setfattr >/dev/null || pkgs+=(attr)
 command -v cc >/dev/null || pkgs+=(gcc libc6-dev)
 command -v useradd >/dev/null || pkgs+=(passwd)
 command -v mountpoint >/dev/null || pkgs+=(util-linux)
+# tests/powercut.rs: an ext4 on a loop device; tests/metacopy.rs reads uppers with fuse-overlayfs.
+command -v mkfs.ext4 >/dev/null || pkgs+=(e2fsprogs)
+[ -x /usr/bin/fuse-overlayfs ] || pkgs+=(fuse-overlayfs)
 if [ ${#pkgs[@]} -gt 0 ]; then
     say "installing ${pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -89,6 +92,7 @@ failures=0
 summary=()
 total_pass=0
 total_fail=0
+total_skip=0
 
 # ---------------------------------------------------------------- cargo
 say "cargo build --workspace"
@@ -101,7 +105,7 @@ say "cargo test --workspace"
 # leaked mount is found and removed below.
 mkdir -p "$WORK/tmp"
 set +e
-TMPDIR=$WORK/tmp timeout -k 30 1200 cargo test --workspace --no-fail-fast 2>&1 | tee "$WORK/cargo-test.log"
+STRATA_POWERCUT_REPORT=$WORK/powercut.txt TMPDIR=$WORK/tmp timeout -k 30 1200 cargo test --workspace --no-fail-fast 2>&1 | tee "$WORK/cargo-test.log"
 cargo_rc=${PIPESTATUS[0]}
 set -e
 read -r c_pass c_fail c_ign < <(awk '/^test result:/ {p += $4; f += $6; i += $8} END {print p+0, f+0, i+0}' "$WORK/cargo-test.log")
@@ -109,6 +113,11 @@ if [ "$cargo_rc" -ne 0 ] && [ "$c_fail" -eq 0 ]; then
     c_fail=1 # did not build, crashed or timed out: count it
 fi
 summary+=("cargo test:  $c_pass passed, $c_fail failed, $c_ign ignored (exit $cargo_rc)")
+# The power-cut rounds (tests/powercut.rs; STRATA_POWERCUT_ROUNDS for more).
+if [ -s "$WORK/powercut.txt" ]; then
+    while IFS= read -r l; do summary+=("  power cut: $l"); done < "$WORK/powercut.txt"
+    if grep -q '^skipped' "$WORK/powercut.txt"; then total_skip=$((total_skip + 1)); fi
+fi
 total_pass=$((total_pass + c_pass))
 total_fail=$((total_fail + c_fail))
 grep -E "^test .* FAILED$" "$WORK/cargo-test.log" | sed 's/^/    /' > "$WORK/cargo-failed.txt" || true
@@ -285,5 +294,9 @@ if [ -s "$PJD/skipped.txt" ]; then
     cat "$PJD/skipped.txt"
 fi
 echo
-echo "total: $total_pass passed, $total_fail failed"
+if [ "$total_skip" -gt 0 ]; then
+    echo "total: $total_pass passed, $total_fail failed, $total_skip skipped"
+else
+    echo "total: $total_pass passed, $total_fail failed"
+fi
 [ "$total_fail" -eq 0 ]

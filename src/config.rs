@@ -36,14 +36,16 @@ pub struct Config {
     pub allow_other: bool,
     /// Kernel-side permission checks (`default_permissions`); on unless `nodefault_permissions`.
     pub default_permissions: bool,
-    /// Skip fsync/fdatasync (`volatile`, `fsync=0`).
+    /// Skip fsync/fdatasync (`volatile`, `fsync=0`): copy-ups are then not made
+    /// durable before they appear, and fsync from applications is a no-op.
     pub volatile: bool,
     pub uid_map: Vec<IdMap>,
     pub gid_map: Vec<IdMap>,
     pub squash_to_uid: Option<u32>,
     pub squash_to_gid: Option<u32>,
-    /// fsync copied-up files before they become visible (`fsync=1`).
-    pub fsync_copy_up: bool,
+    /// Metadata changes of large lower files copy metadata only (`metacopy=on`), in
+    /// the kernel overlayfs' on-disk format.
+    pub metacopy: bool,
     /// Pass reads and writes straight to backing files (FUSE passthrough) when possible.
     pub passthrough: bool,
     /// Clear set-id bits and file capabilities on writes here (FUSE_HANDLE_KILLPRIV_V2)
@@ -79,7 +81,7 @@ impl Default for Config {
             gid_map: Vec::new(),
             squash_to_uid: None,
             squash_to_gid: None,
-            fsync_copy_up: false,
+            metacopy: false,
             passthrough: true,
             killpriv: true,
             unlabeled_enotsup: true,
@@ -232,11 +234,14 @@ pub fn apply_opts(cfg: &mut Config, opts: &str) -> Result<(), String> {
             "volatile" => cfg.volatile = true,
             "fsync" => match need(key, val)? {
                 "0" => cfg.volatile = true,
-                "1" => {
-                    cfg.volatile = false;
-                    cfg.fsync_copy_up = true
-                }
+                // Durable copy-ups are the default; kept for command lines that ask for it.
+                "1" => cfg.volatile = false,
                 v => return Err(format!("invalid value '{v}' for option 'fsync': expected 0 or 1")),
+            },
+            "metacopy" => match need(key, val)? {
+                "on" => cfg.metacopy = true,
+                "off" => cfg.metacopy = false,
+                v => return Err(format!("invalid value '{v}' for option 'metacopy': expected on or off")),
             },
             "uidmapping" => cfg.uid_map = id_maps(key, need(key, val)?)?,
             "gidmapping" => cfg.gid_map = id_maps(key, need(key, val)?)?,
@@ -348,9 +353,17 @@ mod tests {
         assert_eq!(c.upper, Some("/a/diff".into()));
         assert_eq!(c.workdir, Some("/a/work".into()));
         assert!(!c.volatile);
+        assert!(!c.metacopy);
         let c = parse("lowerdir=/a/l1,upperdir=/a/diff,workdir=/a/work,,volatile");
         assert!(c.volatile);
         assert!(c.unknown.is_empty());
+        // Fedora's storage.conf mountopt, passed on by containers-storage.
+        let c = parse("lowerdir=/a/l1,upperdir=/a/diff,workdir=/a/work,nodev,metacopy=on");
+        assert!(c.metacopy && !c.volatile);
+        let c = parse("lowerdir=/a/l1,fsync=0");
+        assert!(c.volatile);
+        let c = parse("lowerdir=/a/l1,fsync=0,fsync=1,metacopy=on,metacopy=off");
+        assert!(!c.volatile && !c.metacopy);
         let c = parse("lowerdir=/x/diff:/y");
         assert_eq!(c.lowers.len(), 2);
         assert_eq!(c.upper, None);
@@ -468,6 +481,7 @@ mod tests {
             ("threads=abc", "threads"),
             ("timeout=-1", "timeout"),
             ("fsync=2", "fsync"),
+            ("metacopy=yes", "metacopy"),
             ("whiteout=nope", "whiteout"),
             ("squash_to_uid=x", "squash_to_uid"),
             ("upperdir", "upperdir"),
@@ -488,7 +502,7 @@ mod tests {
         assert!(!parse("lowerdir=/l,unlabeled=enodata").unlabeled_enotsup);
         assert_eq!(c.timeout, Duration::from_millis(500));
         assert_eq!(c.threads, 3);
-        assert!(c.read_only && c.fsync_copy_up && c.allow_other);
+        assert!(c.read_only && !c.volatile && c.allow_other);
         assert_eq!(c.whiteout_form, WhiteoutForm::Aufs);
         assert_eq!((c.squash_to_uid, c.squash_to_gid), (Some(0), Some(0)));
     }

@@ -204,16 +204,23 @@ impl Work {
     }
 }
 
-/// Whether the open upper file `fd` is a metadata-only copy (its data still below).
+/// Whether the open upper file `fd` is a metadata-only copy (its data still below):
+/// it carries the overlayfs metacopy marker, or the one older strata versions wrote.
 pub fn is_metacopy(fd: BorrowedFd<'_>) -> Result<bool> {
-    // An fd open for I/O answers directly; an O_PATH one (EBADF) through /proc.
-    let mut v = [0u8; 0];
-    match rfs::fgetxattr(fd, metacopy_xattr(), &mut v[..]) {
-        Ok(_) | Err(Errno::RANGE) => Ok(true),
-        Err(Errno::NODATA) | Err(Errno::NOTSUP) => Ok(false),
-        Err(Errno::BADF) => Ok(layer::get_xattr(fd, OsStr::new(metacopy_xattr()))?.is_some()),
-        Err(e) => Err(e),
+    for name in [ovl_xattr("metacopy"), legacy_metacopy_xattr()] {
+        // An fd open for I/O answers directly; an O_PATH one (EBADF) through /proc.
+        let mut v = [0u8; 0];
+        let found = match rfs::fgetxattr(fd, name, &mut v[..]) {
+            Ok(_) | Err(Errno::RANGE) => true,
+            Err(Errno::NODATA) | Err(Errno::NOTSUP) => false,
+            Err(Errno::BADF) => layer::get_xattr(fd, OsStr::new(name))?.is_some(),
+            Err(e) => return Err(e),
+        };
+        if found {
+            return Ok(true);
+        }
     }
+    Ok(false)
 }
 
 /// Files smaller than this copy their data even for a metadata change: a metadata-only
@@ -233,16 +240,32 @@ pub enum Fill {
     MetaFrom(usize, PathBuf),
 }
 
-/// The xattr that marks a metadata-only copy and names where its data lives.
-fn metacopy_xattr() -> &'static str {
-    static NAME: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
-    NAME.get_or_init(|| {
-        if rustix::process::geteuid().is_root() {
-            "trusted.strata.metacopy"
-        } else {
-            "user.strata.metacopy"
-        }
-    })
+/// Whether the daemon runs as root (and so may use trusted.* xattrs).
+fn is_root() -> bool {
+    static ROOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ROOT.get_or_init(|| rustix::process::geteuid().is_root())
+}
+
+/// The kernel overlayfs' xattr `name`: `trusted.overlay.NAME`, or `user.overlay.NAME`
+/// (its `userxattr` form) when not running as root, where trusted.* is out of reach.
+fn ovl_xattr(name: &str) -> &'static str {
+    match (name, is_root()) {
+        ("metacopy", true) => "trusted.overlay.metacopy",
+        ("metacopy", false) => "user.overlay.metacopy",
+        ("redirect", true) => "trusted.overlay.redirect",
+        ("redirect", false) => "user.overlay.redirect",
+        _ => unreachable!("no overlay xattr {name}"),
+    }
+}
+
+/// The marker older strata versions put on a metadata-only copy: "LAYER\0PATH".
+/// Still read, never written.
+fn legacy_metacopy_xattr() -> &'static str {
+    if is_root() {
+        "trusted.strata.metacopy"
+    } else {
+        "user.strata.metacopy"
+    }
 }
 
 /// The access and modification times of a stat, to set on a copy.
@@ -261,7 +284,7 @@ pub fn stat_times(st: &Stat) -> Timestamps {
 
 /// The xattr on an index entry that counts the names of its file.
 fn names_xattr() -> String {
-    metacopy_xattr().replace("metacopy", "names")
+    legacy_metacopy_xattr().replace("metacopy", "names")
 }
 
 /// Creates a directory only the daemon's user can enter (the daemon runs with umask 0).
@@ -358,19 +381,45 @@ impl Union {
         Ok(())
     }
 
-    /// Where the data of an upper file lives when it is a metadata-only copy:
-    /// (lower layer, path in it).
-    pub fn metacopy_origin(&self, upper_dir: BorrowedFd<'_>, name: &OsStr) -> Result<Option<(usize, PathBuf)>> {
+    /// Where the data of the upper file `name` in `upper_dir` (merged path `path`) lives
+    /// when it is a metadata-only copy: (lower layer, path in it). As the kernel's
+    /// overlayfs finds it: the path in `trusted.overlay.redirect` (absolute, or a name
+    /// in the same directory) or else the file's own path, in the top-most lower that
+    /// has a regular file there. Copies made by older strata versions name the layer
+    /// and path in `trusted.strata.metacopy`.
+    pub fn metacopy_origin(
+        &self,
+        upper_dir: BorrowedFd<'_>,
+        name: &OsStr,
+        path: &Path,
+    ) -> Result<Option<(usize, PathBuf)>> {
         let fd = layer::open_path(upper_dir, name)?;
-        let Some(v) = layer::get_xattr(fd.as_fd(), OsStr::new(metacopy_xattr()))? else {
+        let (idx, origin) = if layer::get_xattr(fd.as_fd(), OsStr::new(ovl_xattr("metacopy")))?.is_some() {
+            let origin = match layer::get_xattr(fd.as_fd(), OsStr::new(ovl_xattr("redirect")))? {
+                Some(r) if r.first() == Some(&b'/') => PathBuf::from(OsStr::from_bytes(&r[1..])),
+                Some(r) if !r.is_empty() && !r.contains(&b'/') => split(path).0.join(OsStr::from_bytes(&r)),
+                Some(r) => {
+                    tracing::error!(
+                        "metadata-only copy {:?}: bad redirect {:?}",
+                        path,
+                        OsStr::from_bytes(&r)
+                    );
+                    return Err(Errno::IO);
+                }
+                None => path.to_path_buf(),
+            };
+            (None, origin)
+        } else if let Some(v) = layer::get_xattr(fd.as_fd(), OsStr::new(legacy_metacopy_xattr()))? {
+            let mut it = v.splitn(2, |b| *b == 0);
+            let idx = it
+                .next()
+                .and_then(|i| std::str::from_utf8(i).ok())
+                .and_then(|i| i.parse::<usize>().ok());
+            (idx, PathBuf::from(OsStr::from_bytes(it.next().unwrap_or_default())))
+        } else {
             return Ok(None);
         };
-        let mut it = v.splitn(2, |b| *b == 0);
-        let idx = it
-            .next()
-            .and_then(|i| std::str::from_utf8(i).ok())
-            .and_then(|i| i.parse::<usize>().ok());
-        let path = PathBuf::from(OsStr::from_bytes(it.next().unwrap_or_default()));
+        let path = origin;
         let is_file = |l: usize| {
             !self.layers[l].is_upper
                 && matches!(self.layers[l].stat(&path), Ok(Some(st)) if layer::file_type(&st) == FileType::RegularFile)
@@ -398,14 +447,19 @@ impl Union {
         let (parent, name) = split(&path);
         let udir = self.upper().ok_or(Errno::ROFS)?.dir(parent)?.ok_or(Errno::NOENT)?;
         let fd = layer::open_path(udir.as_fd(), name)?;
-        match layer::remove_xattr(fd.as_fd(), OsStr::new(metacopy_xattr())) {
-            Ok(()) => {
-                node.data_moves.fetch_add(1, Ordering::Release);
-                Ok(())
+        // The marker goes last: until then the copy still reads as the lower file.
+        let mut was = false;
+        for x in [ovl_xattr("redirect"), legacy_metacopy_xattr(), ovl_xattr("metacopy")] {
+            match layer::remove_xattr(fd.as_fd(), OsStr::new(x)) {
+                Ok(()) => was = true,
+                Err(Errno::NODATA) => {}
+                Err(e) => return Err(e),
             }
-            Err(Errno::NODATA) => Ok(()),
-            Err(e) => Err(e),
         }
+        if was {
+            node.data_moves.fetch_add(1, Ordering::Release);
+        }
+        Ok(())
     }
 
     /// Completes a metadata-only copy: the data is copied from the lower layer into a
@@ -416,7 +470,7 @@ impl Union {
         let (parent, name) = split(&path);
         let upper = self.upper().ok_or(Errno::ROFS)?;
         let udir = upper.dir(parent)?.ok_or(Errno::NOENT)?;
-        let Some((l, origin)) = self.metacopy_origin(udir.as_fd(), name)? else {
+        let Some((l, origin)) = self.metacopy_origin(udir.as_fd(), name, &path)? else {
             return Ok(());
         };
         // Built in the staging dir with the data and the metadata copy's metadata, then
@@ -437,9 +491,8 @@ impl Union {
             )?;
             copy_data(&src, &dst, &rfs::fstat(&src)?)?;
             rfs::ftruncate(&dst, old.st_size as u64)?;
-            if self.cfg.fsync_copy_up {
-                rfs::fsync(&dst)?;
-            }
+            // On disk before it takes the metadata copy's place (see `durable`).
+            self.durable(&dst)?;
             self.copy_meta((udir.as_fd(), name, None), &old, work.fd(), &tmp)?;
             work.replace(&tmp, udir.as_fd(), name)
         })();
@@ -456,6 +509,19 @@ impl Union {
         self.table.record_origin(up.st_dev, up.st_ino, node.ino);
         node.data_moves.fetch_add(1, Ordering::Release);
         Ok(())
+    }
+
+    /// Makes the data a copy-up wrote to `fd` durable before the copy is renamed into
+    /// sight, as the kernel's overlayfs does (unless `volatile`/`fsync=0`). Only the
+    /// data needs it: the copy's metadata (owner, mode, xattrs, times) and the rename
+    /// that follow are journalled after it, and a rename lost to a power cut shows the
+    /// old lower file, which is fine. A rename that survived with the data lost would
+    /// hide the lower file behind a short or zero-filled one.
+    fn durable(&self, fd: &OwnedFd) -> Result<()> {
+        if self.cfg.volatile {
+            return Ok(());
+        }
+        rfs::fdatasync(fd)
     }
 
     /// Copies a lower file with several names into the index only (no name of it in
@@ -532,7 +598,7 @@ impl Union {
             .then(|| Work::index_key(&st));
         // Files with several names always carry their data: their copies are shared.
         let fill = match fill {
-            Fill::Meta if key.is_some() || (st.st_size as u64) < META_MIN => Fill::Data,
+            Fill::Meta if !self.cfg.metacopy || key.is_some() || (st.st_size as u64) < META_MIN => Fill::Data,
             Fill::Meta => Fill::MetaFrom(src, parent.join(name)),
             f => f,
         };
@@ -578,9 +644,6 @@ impl Union {
                 return Err(e);
             }
         }
-        if self.cfg.fsync_copy_up {
-            let _ = rfs::fsync(updir);
-        }
         layer::stat_at(updir, name)?.ok_or(Errno::IO)
     }
 
@@ -613,16 +676,23 @@ impl Union {
                     Mode::from_raw_mode(0o600),
                 )?;
                 match fill {
-                    Fill::Data => copy_data(src, &dst, st)?,
-                    Fill::MetaFrom(layer, path) => {
+                    Fill::Data => {
+                        copy_data(src, &dst, st)?;
+                        if st.st_size > 0 {
+                            self.durable(&dst)?;
+                        }
+                    }
+                    Fill::MetaFrom(_, path) => {
+                        // The kernel overlayfs' format: size set, no data, an empty
+                        // metacopy marker, and where the data is (its own path until
+                        // renamed; absolute, so that it stays right through renames).
                         rfs::ftruncate(&dst, st.st_size as u64)?;
-                        let origin = format!("{}\0{}", layer, path.display());
-                        rfs::fsetxattr(&dst, metacopy_xattr(), origin.as_bytes(), XattrFlags::CREATE)?;
+                        let mut redirect = b"/".to_vec();
+                        redirect.extend_from_slice(path.as_os_str().as_bytes());
+                        rfs::fsetxattr(&dst, ovl_xattr("redirect"), &redirect, XattrFlags::CREATE)?;
+                        rfs::fsetxattr(&dst, ovl_xattr("metacopy"), b"", XattrFlags::CREATE)?;
                     }
                     Fill::Empty | Fill::Meta => {}
-                }
-                if self.cfg.fsync_copy_up {
-                    rfs::fsync(&dst)?;
                 }
             }
             FileType::Symlink => {

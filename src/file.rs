@@ -226,7 +226,7 @@ impl Union {
             // A metadata-only copy reads its data from the lower layer.
             let (parent, name) = split(&path);
             let dir = self.layers[top].dir(parent)?.ok_or(Errno::NOENT)?;
-            if let Some((l, origin)) = self.metacopy_origin(dir.as_fd(), name)? {
+            if let Some((l, origin)) = self.metacopy_origin(dir.as_fd(), name, &path)? {
                 top = l;
                 path = origin;
                 fd = self.layers[top].open_file(&path, flags)?;

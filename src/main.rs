@@ -16,7 +16,8 @@ use strata::config::{apply_opts, finish, Config};
 lowerdir=L1:L2:...   lower layers, top first (\\: is a colon inside a path)\n  \
 upperdir=U           writable layer (none: the mount is read-only)\n  \
 workdir=W            staging dir on U's filesystem (default U/.wh..wh.work)\n  \
-volatile, fsync=0|1  skip fsync / fsync copied-up files before they appear\n  \
+volatile, fsync=0    copy-ups are not fsynced before they appear (default: they are)\n  \
+metacopy=on|off      chmod/chown/touch of a large lower file copies metadata only (default off)\n  \
 timeout=SECS         kernel cache time for names and attributes (default 86400)\n  \
 uidmapping=C:H:N:..., gidmapping=..., squash_to_uid=N, squash_to_gid=N, squash_to_root\n  \
 allow_other, nodefault_permissions, ro, threads=N, passthrough=0|1,\n  \
@@ -89,7 +90,7 @@ fn main() {
         println!("strata version {}", env!("CARGO_PKG_VERSION"));
         return;
     }
-    let cfg = match config(cli) {
+    let mut cfg = match config(cli) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("strata: {e}");
@@ -98,6 +99,12 @@ fn main() {
     };
     for u in &cfg.unknown {
         eprintln!("strata: warning: ignoring unknown option '{u}'");
+    }
+    if cfg.metacopy && !rustix::process::geteuid().is_root() {
+        // Only root may write the trusted.overlay.* markers, and the kernel's overlayfs
+        // takes no metacopy with user.overlay.* (userxattr) ones: full copies it is.
+        eprintln!("strata: warning: metacopy=on needs root (trusted.* xattrs); copying up data in full");
+        cfg.metacopy = false;
     }
     if let Err(e) = strata::mount::run(cfg) {
         eprintln!("strata: {e}");

@@ -48,6 +48,23 @@ fn assert_upper_refs_ok(s: &Stack) {
         if !e.file_type().is_file() {
             continue;
         }
+        if getxattr(e.path(), "trusted.overlay.metacopy").is_ok() {
+            // The kernel overlayfs' form: data at the redirect's path (or the file's own)
+            // in some lower layer.
+            let rel = match getxattr(e.path(), "trusted.overlay.redirect") {
+                Ok(r) => PathBuf::from(std::ffi::OsStr::from_bytes(r.strip_prefix(b"/").unwrap_or(&r))),
+                Err(_) => e.path().strip_prefix(&s.upper).unwrap().to_path_buf(),
+            };
+            assert!(
+                s.lowers
+                    .iter()
+                    .any(|l| fs::symlink_metadata(l.join(&rel)).is_ok_and(|m| m.is_file())),
+                "{} is a metadata-only copy of {}, which is in no lower layer",
+                e.path().display(),
+                rel.display()
+            );
+            continue;
+        }
         let Ok(v) = getxattr(e.path(), "trusted.strata.metacopy") else {
             continue;
         };
@@ -252,7 +269,10 @@ fn sigkill_during_large_copy_up_leaves_old_or_complete_file() {
         let up = s.u("big");
         let in_upper = exists(&up);
         // A metadata-only copy holds no data of its own: its data is the lower file's.
-        if in_upper && getxattr(&up, "trusted.strata.metacopy").is_err() {
+        if in_upper
+            && getxattr(&up, "trusted.strata.metacopy").is_err()
+            && getxattr(&up, "trusted.overlay.metacopy").is_err()
+        {
             classify_big(&up, mark_at);
         }
         assert_upper_refs_ok(&s);

@@ -2209,7 +2209,7 @@ fn read_only_handle_on_metadata_only_copy_sees_later_writes() {
     let s = Stack::new(1);
     let big = vec![b'a'; 300 << 10];
     fs::write(s.l(0, "f"), &big).unwrap();
-    let _m = s.mount_with("passthrough=0");
+    let _m = s.mount_with("passthrough=0,metacopy=on");
     chmod(&s.m("f"), 0o600).unwrap();
     let reader = fs::File::open(s.m("f")).unwrap();
     let mut buf = [0u8; 4];

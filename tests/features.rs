@@ -16,7 +16,7 @@ const LARGE: usize = 1 << 20;
 fn chmod_of_large_lower_file_copies_metadata_only() {
     let fx = Fixture::new(1);
     fx.lower(0).sparse("big", 64 << 20, 10 << 20, b"payload");
-    let m = fx.mount();
+    let m = fx.mount_opts("metacopy=on");
 
     chmod(&m.p("big"), 0o600).unwrap();
     assert_eq!(meta(&m.p("big")).mode() & 0o7777, 0o600);
@@ -61,7 +61,7 @@ fn truncating_a_metadata_only_copy_drops_its_lower_data() {
     for n in ["a", "b", "c"] {
         fx.lower(0).file(n, lower(n));
     }
-    let m = fx.mount();
+    let m = fx.mount_opts("metacopy=on");
     for n in ["a", "b", "c"] {
         chmod(&m.p(n), 0o600).unwrap();
         assert_eq!(meta(&fx.upper().p(n)).blocks(), 0, "{n}: metadata-only copy");
@@ -90,7 +90,7 @@ fn write_only_opens_bring_data_up_only_when_written() {
     for n in ["touched", "written", "replaced"] {
         fx.lower(0).file(n, &data);
     }
-    let m = fx.mount();
+    let m = fx.mount_opts("metacopy=on");
 
     // touch: open for writing, set times, close.
     let f = OpenOptions::new().write(true).open(m.p("touched")).unwrap();

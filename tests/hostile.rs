@@ -1648,7 +1648,13 @@ fn marker_xattrs_planted_in_a_lower_are_not_obeyed() {
     setxattr(&s.l(0, "victim"), "trusted.strata.metacopy", b"1\0other").unwrap();
     write(s.l(0, "esc"), "esc data");
     setxattr(&s.l(0, "esc"), "trusted.strata.metacopy", b"1\0../../canary/secret").unwrap();
-    let m = s.mount();
+    // The kernel overlayfs' form of the same markers.
+    for n in ["victim", "esc"] {
+        setxattr(&s.l(0, n), "trusted.overlay.metacopy", b"").unwrap();
+    }
+    setxattr(&s.l(0, "victim"), "trusted.overlay.redirect", b"/other").unwrap();
+    setxattr(&s.l(0, "esc"), "trusted.overlay.redirect", b"/../../canary/secret").unwrap();
+    let m = s.mount_with("metacopy=on");
     assert_eq!(read(s.m("victim")), "own data");
     assert_eq!(read(s.m("esc")), "esc data");
     assert!(listxattr(&s.m("victim")).is_empty());

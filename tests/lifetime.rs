@@ -624,7 +624,9 @@ fn mixed_load(secs: u64, precopy: bool) {
     let lowers_before: Vec<_> = (0..2).map(|i| snapshot(s.lower(i))).collect();
 
     let started = Instant::now();
-    let mut mount = s.mount();
+    // Metadata-only copies are opt-in.
+    let meta = if precopy { ",metacopy=on" } else { "" };
+    let mut mount = s.mount_with(meta.trim_start_matches(','));
     let log = read_log(&mut mount);
     let models = match load_phase(&s, &mut mount, models, seed, secs / 2, precopy) {
         Ok(m) => m,
@@ -633,7 +635,7 @@ fn mixed_load(secs: u64, precopy: bool) {
     verify_shared(&s, &models);
     unmount_quietly(mount, log, "the first half");
     // Second half: no passthrough (every read and write through the daemon), 2 threads.
-    let mut mount = s.mount_with("passthrough=0,threads=2");
+    let mut mount = s.mount_with(&format!("passthrough=0,threads=2{meta}"));
     let log = read_log(&mut mount);
     for (t, m) in models.iter().enumerate() {
         verify_model(&s.m(&format!("own{t}")), m).unwrap();
@@ -675,7 +677,7 @@ fn mixed_load(secs: u64, precopy: bool) {
 fn new_file_after_a_metadata_only_copy_is_filled_is_another_file() {
     let s = Stack::new(1);
     write(s.l(0, "d/a"), "lower a\n");
-    let _m = s.mount();
+    let _m = s.mount_with("metacopy=on");
     fs::set_permissions(s.m("d/a"), fs::Permissions::from_mode(0o600)).unwrap(); // metadata-only copy
     let freed = fs::metadata(s.u("d/a")).unwrap().ino();
     OpenOptions::new()
@@ -715,7 +717,7 @@ fn truncating_write_after_a_metadata_only_copy_is_kept() {
     for n in ["chmodded", "chowned", "utimed", "renamed"] {
         write(s.l(0, n), "lower data");
     }
-    let m = s.mount();
+    let m = s.mount_with("metacopy=on");
     fs::set_permissions(s.m("chmodded"), fs::Permissions::from_mode(0o600)).unwrap();
     std::os::unix::fs::chown(s.m("chowned"), Some(7), None).unwrap();
     let ts = rustix::fs::Timestamps {
@@ -1257,7 +1259,8 @@ fn opens_answered_after_a_copy_was_completed_meanwhile_succeed() {
         let what = if writer { "write-only open" } else { "read-only open" };
         let s = Stack::new(1);
         fs::write(s.l(0, "big"), pattern(7, BIG_LEN)).unwrap();
-        let m = Mount::start_env(&s.opts(), &s.mnt, &[("STRATA_TEST_PAUSE_IO_MODE_MS", "600")]);
+        let opts = format!("{},metacopy=on", s.opts());
+        let m = Mount::start_env(&opts, &s.mnt, &[("STRATA_TEST_PAUSE_IO_MODE_MS", "600")]);
         let path = s.m("big");
         let late = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
             let f = OpenOptions::new().read(!writer).write(writer).open(&path)?;
@@ -1312,7 +1315,7 @@ fn racing_first_writes_to_large_lower_files_all_succeed() {
         for k in 0..FILES {
             fs::write(s.l(0, &format!("big{k}")), pattern(k as u64, BIG_LEN)).unwrap();
         }
-        let mut m = s.mount_with(&std::env::var("STRATA_RACE_OPTS").unwrap_or_default());
+        let mut m = s.mount_with(&std::env::var("STRATA_RACE_OPTS").unwrap_or_else(|_| "metacopy=on".into()));
         let log = read_log(&mut m);
         let barrier = Arc::new(std::sync::Barrier::new(THREADS));
         let hs: Vec<_> = (0..THREADS)

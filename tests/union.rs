@@ -255,7 +255,7 @@ fn chmod_of_large_lower_file_copies_metadata_only() {
     f.seek(SeekFrom::Start(10 << 20)).unwrap();
     f.write_all(b"payload").unwrap();
     drop(f);
-    let _m = s.mount();
+    let _m = s.mount_with("metacopy=on");
     fs::set_permissions(s.m("big"), fs::Permissions::from_mode(0o600)).unwrap();
     assert_eq!(mode(&s.m("big")), 0o600);
     assert_eq!(
@@ -685,7 +685,7 @@ fn truncating_a_metadata_only_copy_drops_its_lower_data() {
     for n in ["a", "b", "c"] {
         write(s.l(0, n), &lower(n));
     }
-    let _m = s.mount();
+    let _m = s.mount_with("metacopy=on");
     for n in ["a", "b", "c"] {
         fs::set_permissions(s.m(n), fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(fs::metadata(s.u(n)).unwrap().blocks(), 0, "{n}: metadata-only copy");
@@ -738,7 +738,7 @@ fn write_only_opens_bring_data_up_only_when_written() {
     fs::write(s.l(0, "touched"), &data).unwrap();
     fs::write(s.l(0, "written"), &data).unwrap();
     fs::write(s.l(0, "replaced"), &data).unwrap();
-    let _m = s.mount();
+    let _m = s.mount_with("metacopy=on");
     // touch: open for writing, set times, close
     let f = OpenOptions::new().write(true).open(s.m("touched")).unwrap();
     f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(2_000_000))

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use config::Config;
 use fixtures::{Fixture, Fixtures};
-use mounts::{Mount, System, Watchdog};
+use mounts::{Kind, Mount, System, Watchdog};
 use report::{Cell, Report, Row};
 use util::{fmt_duration, Ctx, Res};
 use workloads::{Env, Measure, Mode, Tools, Workload};
@@ -55,11 +55,20 @@ struct Bench<'a> {
 static NO_DROP_WARNED: AtomicBool = AtomicBool::new(false);
 
 impl Bench<'_> {
-    fn mount(&self, sys: &System, fx: &Fixture) -> Res<Mount> {
+    fn mount(&self, sys: &System, fx: &Fixture, opts: &str) -> Res<Mount> {
+        if !opts.is_empty() && !matches!(sys.kind, Kind::Kernel | Kind::Strata) {
+            return Err(format!("not run: `-o {opts}` rows compare the kernel and strata"));
+        }
         let n = self.seq.get();
         self.seq.set(n + 1);
         let scratch = self.run_dir.join(format!("{n:05}-{}", sys.id));
-        Mount::new(sys, &fx.lowers, scratch, &self.log_dir.join(format!("{}.log", sys.id)))
+        Mount::new(
+            sys,
+            &fx.lowers,
+            scratch,
+            &self.log_dir.join(format!("{}.log", sys.id)),
+            opts,
+        )
     }
 
     /// The timed part, under the watchdog.
@@ -161,7 +170,7 @@ impl Bench<'_> {
                             continue;
                         }
                         let sys = &self.systems[i];
-                        let res = self.mount(sys, &fx).and_then(|m| {
+                        let res = self.mount(sys, &fx, w.opts).and_then(|m| {
                             self.prepare(w, &m, &fx)?;
                             Self::settle(w, cold);
                             self.timed_op(w, &m, &fx)
@@ -178,7 +187,7 @@ impl Bench<'_> {
                 // All systems mounted side by side; runs interleaved.
                 let mut mounts: Vec<Option<Mount>> = Vec::new();
                 for (i, sys) in self.systems.iter().enumerate() {
-                    let m = self.mount(sys, &fx).and_then(|m| {
+                    let m = self.mount(sys, &fx, w.opts).and_then(|m| {
                         self.prepare(w, &m, &fx)?;
                         self.timed_op(w, &m, &fx)?; // warm-up, not recorded
                         Ok(m)

@@ -223,7 +223,8 @@ pub struct Mount {
 impl Mount {
     /// Mount `sys` over `lowers` (top first) using `scratch` (created fresh)
     /// for upper, work and mount point. Daemon output goes to `log`.
-    pub fn new(sys: &System, lowers: &[PathBuf], scratch: PathBuf, log: &Path) -> Res<Mount> {
+    /// `extra`: more `-o` options, appended after the layers.
+    pub fn new(sys: &System, lowers: &[PathBuf], scratch: PathBuf, log: &Path, extra: &str) -> Res<Mount> {
         if scratch.exists() {
             util::remove_tree(&scratch)?;
         }
@@ -252,12 +253,15 @@ impl Mount {
                     .map(|l| l.strip_prefix(&base).unwrap_or(l).to_string_lossy().into_owned())
                     .map(|s| if s.is_empty() { ".".into() } else { s })
                     .collect();
-                let opts = format!(
+                let mut opts = format!(
                     "lowerdir={},upperdir={},workdir={}",
                     rel.join(":"),
                     m.upper.display(),
                     work.display()
                 );
+                if !extra.is_empty() {
+                    opts = format!("{opts},{extra}");
+                }
                 if opts.len() > 4000 {
                     return Err(format!("overlay option string too long ({} bytes)", opts.len()));
                 }
@@ -268,12 +272,15 @@ impl Mount {
             }
             _ => {
                 let lowerdir: Vec<String> = lowers.iter().map(|l| l.display().to_string()).collect();
-                let opts = format!(
+                let mut opts = format!(
                     "lowerdir={},upperdir={},workdir={}",
                     lowerdir.join(":"),
                     m.upper.display(),
                     work.display()
                 );
+                if !extra.is_empty() {
+                    opts = format!("{opts},{extra}");
+                }
                 cmd = Command::new(sys.bin.as_ref().expect("FUSE systems have a binary"));
                 cmd.args(["-o", &opts]).arg(&m.point);
             }

@@ -63,6 +63,10 @@ pub struct Workload {
     /// Untimed, after mounting and before each timed run (Fresh) or once (Warm).
     pub prepare: Option<Prepare>,
     pub op: Op,
+    /// Extra mount options for the kernel's overlayfs and strata (`volatile`,
+    /// `metacopy=on`): both take them alike. Rows with options are not run on the
+    /// other systems.
+    pub opts: &'static str,
 }
 
 impl Workload {
@@ -214,15 +218,24 @@ fn parse_fio(json: &str) -> Option<(f64, u64)> {
 pub fn all(p: &Params, fio: bool) -> Vec<Workload> {
     let mut w = Vec::new();
 
-    // copy-up: first write to a lower file, by size and stack depth
+    // copy-up: first write to a lower file, by size and stack depth; durable by
+    // default in both strata and the kernel, and again at depth 1 with `volatile`.
+    let first = p.depths.first().copied();
     for &(tag, size) in &p.copy_sizes {
-        for &depth in &p.depths {
+        let variants = p.depths.iter().map(|&d| (d, "")).chain(first.map(|d| (d, "volatile")));
+        for (depth, opts) in variants {
+            let suffix = if opts.is_empty() {
+                String::new()
+            } else {
+                format!(" ({opts})")
+            };
             w.push(Workload {
                 group: "copy-up",
-                rows: vec![format!("copy-up {}, depth {depth}", fmt_bytes(size))],
+                rows: vec![format!("copy-up {}, depth {depth}{suffix}", fmt_bytes(size))],
                 runs: if size >= 64 << 20 { 3 } else { 9 },
                 tool: None,
                 mode: Mode::Fresh { cold: false },
+                opts,
                 fx: Fx::CopyUp(depth),
                 prepare: Some(warm_lower(tag)),
                 op: Box::new(move |env| append_byte(&env.mnt.join(format!("data/f-{tag}")))),
@@ -232,10 +245,11 @@ pub fn all(p: &Params, fio: bool) -> Vec<Workload> {
     let (big_tag, big) = *p.copy_sizes.last().expect("copy sizes");
     w.push(Workload {
         group: "copy-up",
-        rows: vec![format!("chmod {} lower file", fmt_bytes(big))],
+        rows: vec![format!("chmod {} lower file (metacopy=on)", fmt_bytes(big))],
         runs: if big >= 64 << 20 { 3 } else { 5 },
         tool: None,
         mode: Mode::Fresh { cold: false },
+        opts: "metacopy=on",
         fx: Fx::CopyUp(1),
         prepare: Some(warm_lower(big_tag)),
         op: Box::new(move |env| {
@@ -253,6 +267,7 @@ pub fn all(p: &Params, fio: bool) -> Vec<Workload> {
         runs: if big >= 64 << 20 { 3 } else { 5 },
         tool: None,
         mode: Mode::Fresh { cold: false },
+        opts: "",
         fx: Fx::CopyUp(1),
         prepare: Some(warm_lower(big_tag)),
         op: Box::new(move |env| {
@@ -284,6 +299,7 @@ pub fn all(p: &Params, fio: bool) -> Vec<Workload> {
         runs: 5,
         tool: None,
         mode: Mode::Fresh { cold: true },
+        opts: "",
         fx: Fx::Meta,
         prepare: None,
         op: Box::new(|env| {
@@ -297,6 +313,7 @@ pub fn all(p: &Params, fio: bool) -> Vec<Workload> {
         runs: 5,
         tool: None,
         mode: Mode::Warm { rewarm: false },
+        opts: "",
         fx: Fx::Meta,
         prepare: None,
         op: Box::new(|env| {
@@ -311,6 +328,7 @@ pub fn all(p: &Params, fio: bool) -> Vec<Workload> {
         runs: 5,
         tool: None,
         mode: Mode::Fresh { cold: true },
+        opts: "",
         fx: Fx::BigDir,
         prepare: None,
         op: Box::new(|env| {
@@ -332,6 +350,7 @@ pub fn all(p: &Params, fio: bool) -> Vec<Workload> {
         runs: 5,
         tool: Some("ls"),
         mode: Mode::Fresh { cold: true },
+        opts: "",
         fx: Fx::BigDir,
         prepare: None,
         op: Box::new(|env| {
@@ -348,6 +367,7 @@ pub fn all(p: &Params, fio: bool) -> Vec<Workload> {
         runs: if data_size >= 256 << 20 { 3 } else { 5 },
         tool: None,
         mode: Mode::Warm { rewarm: true },
+        opts: "",
         fx: Fx::Data,
         prepare: None,
         op: Box::new(|env| {
@@ -366,6 +386,7 @@ pub fn all(p: &Params, fio: bool) -> Vec<Workload> {
         runs: 5,
         tool: fio.then_some("fio"),
         mode: Mode::Fresh { cold: true },
+        opts: "",
         fx: Fx::Data,
         prepare: None,
         op: Box::new(move |env| random_reads(env, &env.mnt.join("data/big.bin"), data_size, reads)),
@@ -379,6 +400,7 @@ pub fn all(p: &Params, fio: bool) -> Vec<Workload> {
         runs: 3,
         tool: None,
         mode: Mode::Fresh { cold: false },
+        opts: "",
         fx: Fx::Untar,
         prepare: None,
         op: Box::new(|env| {
@@ -408,6 +430,7 @@ pub fn all(p: &Params, fio: bool) -> Vec<Workload> {
         runs: 5,
         tool: None,
         mode: Mode::Fresh { cold: false },
+        opts: "",
         fx: Fx::Base,
         prepare: None,
         op: Box::new(move |env| {
@@ -436,6 +459,7 @@ pub fn all(p: &Params, fio: bool) -> Vec<Workload> {
         runs: 3,
         tool: None,
         mode: Mode::Fresh { cold: false },
+        opts: "",
         fx: Fx::Base,
         prepare: None,
         op: Box::new(move |env| {
@@ -480,6 +504,7 @@ pub fn all(p: &Params, fio: bool) -> Vec<Workload> {
         runs: 5,
         tool: Some("git"),
         mode: Mode::Fresh { cold: true },
+        opts: "",
         fx: Fx::Src,
         prepare: None,
         op: Box::new(|env| {
@@ -493,6 +518,7 @@ pub fn all(p: &Params, fio: bool) -> Vec<Workload> {
         runs: 5,
         tool: None,
         mode: Mode::Warm { rewarm: false },
+        opts: "",
         fx: Fx::Src,
         prepare: None,
         op: Box::new(|env| {
@@ -506,6 +532,7 @@ pub fn all(p: &Params, fio: bool) -> Vec<Workload> {
         runs: 5,
         tool: Some("tar"),
         mode: Mode::Fresh { cold: true },
+        opts: "",
         fx: Fx::Src,
         prepare: None,
         op: Box::new(|env| {
