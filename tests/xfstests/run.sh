@@ -167,12 +167,32 @@ shift 2
 exec "$STRATA" -o "lowerdir=\$d/lower,upperdir=\$d/upper,workdir=\$d/work" "\$@" "\$src" "\$mnt"
 EOF
 else
+    # fuse-overlayfs takes no fsname= and names every mount "fuse-overlayfs";
+    # xfstests finds (and unmounts) a mount by its source. A small preload gives
+    # the mount(2) call the source asked for.
+    cat > "$WORK/fsname.c" <<'EOF'
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+int mount(const char *src, const char *target, const char *type, unsigned long flags, const void *data)
+{
+	int (*next)(const char *, const char *, const char *, unsigned long, const void *) =
+		(int (*)(const char *, const char *, const char *, unsigned long, const void *))dlsym(RTLD_NEXT, "mount");
+	const char *name = getenv("XFSTESTS_FSNAME");
+	if (name && type && strncmp(type, "fuse", 4) == 0 && !(flags & MS_REMOUNT))
+		src = name;
+	return next(src, target, type, flags, data);
+}
+EOF
+    cc -shared -fPIC -O2 -o "$WORK/fsname.so" "$WORK/fsname.c" -ldl
     cat > "$BIN/fuse-overlayfs" <<EOF
 #!/bin/sh
 # fuse-overlayfs SOURCE MOUNTPOINT [-o OPTS]: SOURCE is xfstests:DIR, DIR holding lower/ upper/ work/
 src=\$1 d=\${1#xfstests:} mnt=\$2
 shift 2
-exec "$PROG" -o "lowerdir=\$d/lower,upperdir=\$d/upper,workdir=\$d/work,fsname=\$src,allow_other" "\$@" "\$mnt"
+XFSTESTS_FSNAME=\$src LD_PRELOAD=$WORK/fsname.so exec "$PROG" -o "lowerdir=\$d/lower,upperdir=\$d/upper,workdir=\$d/work,allow_other" "\$@" "\$mnt"
 EOF
 fi
 cat > "$BIN/df" <<EOF
@@ -239,7 +259,10 @@ if [ "$FS" = strata ]; then
     done
     [ "$unexpected" -gt 0 ] && XFSTESTS_KEEP=1
 else
+    # For comparison only: every failure counts, none fails the run.
     for t in $failed; do echo "  failed: $t"; done
+    echo "$n_passed passed, $n_failed failed, $n_notrun skipped"
+    exit 0
 fi
-echo "$((n_passed)) passed, $unexpected failed, $n_notrun skipped ($((n_failed - unexpected)) expected failures)"
+echo "$n_passed passed, $unexpected failed, $n_notrun skipped ($((n_failed - unexpected)) expected failures)"
 [ "$unexpected" -eq 0 ]
