@@ -15,7 +15,8 @@
 # with the shell's default PATH. The run lives in a mount namespace of its own in
 # which a dir holding the binary is bind-mounted on /usr/local/sbin: nothing is
 # installed, and its mounts are seen by nothing else. Each test is one line of
-# the suite's output; the last line is `N passed, M failed`.
+# the suite's output; the last line is `N passed, M failed`. Exit status 77:
+# no copy of the suite was found.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -41,9 +42,10 @@ find_src() {
             return
         fi
     done
-    die "no unionmount-testsuite: set UNIONMOUNT_SRC to a checkout or a tarball (github.com/amir73il/unionmount-testsuite)"
+    echo "no unionmount-testsuite: set UNIONMOUNT_SRC to a checkout or a tarball (github.com/amir73il/unionmount-testsuite)" >&2
+    exit 77
 }
-SRC=$(find_src)
+SRC=$(find_src) || exit $?
 command -v python3 >/dev/null || {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3
 }
