@@ -11,6 +11,10 @@
 #      argv (tests/docker/run.sh; SKIP_DOCKER=1 leaves it out);
 #   6. rootless podman as a test user, and strata mounted by that user by
 #      hand (tests/podman/rootless.sh; SKIP_ROOTLESS=1 leaves it out);
+#   7. xfstests' generic tests, a subset of the quick group (tests/xfstests/run.sh;
+#      SKIP_XFSTESTS=1 leaves it out, XFSTESTS_TESTS="-g quick" runs the whole group);
+#   8. unionmount-testsuite --ov and --ov=10 (tests/unionmount/run.sh;
+#      SKIP_UNIONMOUNT=1 leaves it out);
 # then prints a summary and exits non-zero if anything failed. No mount or
 # daemon is left behind, whatever happens.
 set -euo pipefail
@@ -245,32 +249,45 @@ if [ -x tests/podman/run.sh ]; then
     fi
 fi
 
-# ---------------------------------------------------------------- other end-to-end suites
-# e2e LABEL SKIPVAR SCRIPT [ENV=VALUE...]: runs SCRIPT (which ends with "N passed, M failed")
-# unless $SKIPVAR is set, and counts it.
-e2e() {
-    local label=$1 skipvar=$2 script=$3 rc p f k line
-    shift 3
+# ---------------------------------------------------------------- other end-to-end and outside suites
+# xfstests and unionmount-testsuite are not shipped: their source comes from
+# XFSTESTS_SRC / UNIONMOUNT_SRC or a shared/third-party dir next to the repo.
+# Exit status 77 from a harness: no source found (counted as skipped, with why).
+# Each harness ends with "N passed, M failed[, K skipped]".
+run_suite() { # label skipvar script timeout-seconds [env...]
+    local label=$1 skipvar=$2 script=$3 limit=$4 log rc sp sf ss
+    shift 4
     [ -x "$script" ] || return 0
     if [ -n "${!skipvar:-}" ]; then
         summary+=("$(printf '%-12s' "$label:") skipped ($skipvar set)")
-        return 0
+        return
     fi
-    say "$label end-to-end ($script)"
+    log=$WORK/$label.log
+    say "$label ($script)"
     set +e
-    env STRATA="$BIN" "$@" timeout -k 30 900 "$script" 2>&1 | tee "$WORK/$label.log"
+    env STRATA="$BIN" "$@" timeout -k 30 "$limit" "$script" 2>&1 | tee "$log"
     rc=${PIPESTATUS[0]}
     set -e
-    line=$(grep -aE '^[0-9]+ passed, [0-9]+ failed' "$WORK/$label.log" | tail -1)
-    read -r p f k < <(echo "$line" | sed -E 's/^([0-9]+) passed, ([0-9]+) failed(, ([0-9]+) skipped)?.*/\1 \2 \4/')
-    p=${p:-0} f=${f:-0} k=${k:-0}
-    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
-    summary+=("$(printf '%-12s' "$label:") $p passed, $f failed, $k skipped (exit $rc)")
-    total_pass=$((total_pass + p))
-    total_fail=$((total_fail + f))
+    if [ "$rc" -eq 77 ]; then
+        summary+=("$(printf '%-12s' "$label:") skipped: $(tail -1 "$log")")
+        total_skip=$((total_skip + 1))
+        return
+    fi
+    read -r sp sf ss < <(grep -aE '^[0-9]+ passed, [0-9]+ failed' "$log" | tail -1 |
+        awk '{print $1, $3, ($5 == "" ? 0 : $5)}')
+    sp=${sp:-0} sf=${sf:-0} ss=${ss:-0}
+    if [ "$rc" -ne 0 ] && [ "$sf" -eq 0 ]; then sf=1; fi
+    summary+=("$(printf '%-12s' "$label:") $sp passed, $sf failed, $ss skipped (exit $rc)")
+    total_pass=$((total_pass + sp))
+    total_fail=$((total_fail + sf))
+    total_skip=$((total_skip + ss))
 }
-e2e docker SKIP_DOCKER tests/docker/run.sh
-e2e rootless SKIP_ROOTLESS tests/podman/rootless.sh
+# The default xfstests subset (tests/xfstests/README.md); XFSTESTS_TESTS="-g quick"
+# runs the whole quick group.
+run_suite docker SKIP_DOCKER tests/docker/run.sh 900
+run_suite rootless SKIP_ROOTLESS tests/podman/rootless.sh 900
+run_suite xfstests SKIP_XFSTESTS tests/xfstests/run.sh 2400
+run_suite unionmount SKIP_UNIONMOUNT tests/unionmount/run.sh 900
 
 leaks=$(leaked_mounts)
 if [ -n "$leaks" ]; then

@@ -386,15 +386,25 @@ impl Union {
         Ok(out)
     }
 
-    pub fn setxattr(&self, node: &Node, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+    pub fn setxattr(&self, node: &Node, name: &OsStr, value: &[u8], flags: i32, who: Writer) -> Result<()> {
         if whiteout::is_internal_xattr(name) {
             return Err(Errno::PERM);
         }
         let _ns = self.ns.read_recursive();
         self.copy_up_meta(node)?;
         node.no_xattrs.store(false, Ordering::Relaxed);
-        self.xattr_fd(node, 0)?
-            .set(name, value, XattrFlags::from_bits_retain(flags as u32))
+        let x = self.xattr_fd(node, 0)?;
+        x.set(name, value, XattrFlags::from_bits_retain(flags as u32))?;
+        // Setting an access ACL changes the mode. Like chmod(2), it clears the
+        // set-group-id bit when the caller is neither in the file's group nor
+        // privileged; the daemon (root) would keep it, so it is cleared here.
+        if name.as_bytes() == b"system.posix_acl_access" && x.direct {
+            let st = rfs::fstat(x.fd.as_fd())?;
+            if st.st_mode & libc::S_ISGID != 0 && !self.in_group(who, st.st_gid) {
+                rfs::fchmod(x.fd.as_fd(), Mode::from_raw_mode(st.st_mode & 0o7777 & !libc::S_ISGID))?;
+            }
+        }
+        Ok(())
     }
 
     pub fn removexattr(&self, node: &Node, name: &OsStr) -> Result<()> {

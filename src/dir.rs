@@ -19,12 +19,30 @@ use crate::lookup::Found;
 use crate::union::Union;
 use crate::whiteout::{self, OPAQUE};
 
-/// Who asks: the caller's uid and gid, for ownership of what it creates.
+/// Who asks: the caller's uid and gid, for ownership of what it creates, and its
+/// umask. The kernel leaves the umask to strata (FUSE_DONT_MASK): it applies only
+/// where the new entry's directory has no default ACL, as POSIX ACLs require.
 #[derive(Clone, Copy)]
 pub struct Caller {
     pub uid: u32,
     pub gid: u32,
+    pub umask: u32,
 }
+
+/// Directory `dir`'s default ACL, in its xattr form: where there is one, it decides the
+/// permissions of what is created in the directory, and the umask does not apply.
+fn default_acl(dir: BorrowedFd<'_>) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 4096];
+    match rfs::fgetxattr(dir, DEFAULT_ACL, &mut buf[..]) {
+        Ok(n) if n > 0 => {
+            buf.truncate(n);
+            Some(buf)
+        }
+        _ => None,
+    }
+}
+
+const DEFAULT_ACL: &str = "system.posix_acl_default";
 
 /// What to create.
 pub enum NewEntry<'a> {
@@ -116,12 +134,16 @@ impl Union {
             AtFlags::SYMLINK_NOFOLLOW,
         )?;
         // chown clears set-id bits; put back what was asked for (and what a directory
-        // inherits from a set-group-id parent).
-        let inherits =
-            setgid_home && layer::stat_at(dir, name)?.is_some_and(|st| layer::file_type(&st) == FileType::Directory);
-        let want = mode.map(|m| if inherits { m | libc::S_ISGID } else { m });
-        if let Some(m) = want.filter(|m| m & 0o6000 != 0) {
-            layer::chmod_nofollow(dir, name, Mode::from_raw_mode(m & 0o7777))?;
+        // inherits from a set-group-id parent), on top of the permissions the entry was
+        // made with (the umask or a default ACL already shaped them).
+        let Some(st) = layer::stat_at(dir, name)? else {
+            return Ok(());
+        };
+        let inherits = setgid_home && layer::file_type(&st) == FileType::Directory;
+        let special = mode.map(|m| (m & 0o7000) | if inherits { libc::S_ISGID } else { 0 });
+        if let Some(bits) = special.filter(|b| b & 0o6000 != 0) {
+            let m = (st.st_mode & 0o777) | bits;
+            layer::chmod_nofollow(dir, name, Mode::from_raw_mode(m))?;
         }
         Ok(())
     }
@@ -159,6 +181,26 @@ impl Union {
         let dir = upper.dir(&ppath)?.ok_or(Errno::NOENT)?;
         let dir = dir.as_fd();
         let had_whiteout = has_upper_whiteout(dir, name)?;
+        // The daemon runs with umask 0: the backing filesystem applies a default ACL
+        // of the upper directory itself; without one, the caller's umask applies.
+        let inherited_acl = default_acl(dir);
+        let mask = if inherited_acl.is_some() && !had_whiteout {
+            0
+        } else {
+            who.umask & 0o777
+        };
+        let what = match what {
+            NewEntry::File { mode, flags } => NewEntry::File {
+                mode: mode & !mask,
+                flags,
+            },
+            NewEntry::Dir { mode } => NewEntry::Dir { mode: mode & !mask },
+            NewEntry::Node { mode, rdev } => NewEntry::Node {
+                mode: mode & !mask,
+                rdev,
+            },
+            other => other,
+        };
         let mut fd = None;
         match what {
             NewEntry::File { mode, flags } => {
@@ -183,6 +225,12 @@ impl Union {
                         Mode::empty(),
                     )?;
                     create_empty(sub.as_fd(), OsStr::new(OPAQUE))?;
+                    // Built away from its parent, it inherits no ACL there: it takes
+                    // the parent's default ACL for what is made in it (its own
+                    // permissions came from the umask, which never grants more).
+                    if let Some(acl) = &inherited_acl {
+                        rfs::fsetxattr(&sub, DEFAULT_ACL, acl, rfs::XattrFlags::empty())?;
+                    }
                     self.give_to_in(dir, work.fd(), &tmp, who, Some(mode))?;
                     rfs::renameat_with(work.fd(), &tmp, dir, name, RenameFlags::NOREPLACE)
                 })();

@@ -268,6 +268,20 @@ impl Union {
         }
     }
 
+    /// Whether some open file of node `ino` passes its I/O straight to the backing
+    /// file. The kernel then does not see writes through a shared mapping (nor the
+    /// times they set), so it must not keep the node's attributes: they are answered
+    /// with no cache time while such a file is open.
+    pub fn passes_through(&self, ino: u64) -> bool {
+        self.passthrough.load(Ordering::Relaxed)
+            && self
+                .files
+                .io
+                .lock()
+                .get(&ino)
+                .is_some_and(|n| n.live_backing().is_some())
+    }
+
     /// Chooses how the kernel does I/O on handle `fh`: passthrough to its backing file
     /// when the kernel allows it (`open_backing` registers the fd with the kernel),
     /// else through the daemon, cached or direct, so that the modes of the open files

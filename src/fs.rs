@@ -3,7 +3,7 @@
 
 use std::ffi::OsStr;
 use std::path::Path;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
@@ -33,10 +33,12 @@ fn errno(e: rustix::io::Errno) -> Errno {
     Errno::from_i32(e.raw_os_error())
 }
 
-fn caller(req: &Request) -> Caller {
+/// The caller of a request; `umask` is what the kernel sent with it (0 where none).
+fn caller(req: &Request, umask: u32) -> Caller {
     Caller {
         uid: req.uid(),
         gid: req.gid(),
+        umask,
     }
 }
 
@@ -65,7 +67,18 @@ macro_rules! check {
 impl StrataFs {
     fn entry(&self, reply: ReplyEntry, r: Result<(std::sync::Arc<crate::inode::Node>, rustix::fs::Stat)>, what: &str) {
         let (node, st) = check!(reply, r, what);
-        reply.entry(&self.u.ttl, &self.u.attr(node.ino, &st), Generation(0));
+        let attr = self.u.attr(node.ino, &st);
+        reply.entry_with_ttls(&self.attr_ttl(node.ino), &self.u.ttl, &attr, Generation(0));
+    }
+
+    /// How long the kernel may keep node `ino`'s attributes: not at all while an open
+    /// file of it passes I/O straight through (see `Union::passes_through`).
+    fn attr_ttl(&self, ino: u64) -> Duration {
+        if self.u.passes_through(ino) {
+            Duration::ZERO
+        } else {
+            self.u.ttl
+        }
     }
 }
 
@@ -78,7 +91,10 @@ impl Filesystem for StrataFs {
             InitFlags::FUSE_PARALLEL_DIROPS
                 | InitFlags::FUSE_DO_READDIRPLUS
                 | InitFlags::FUSE_READDIRPLUS_AUTO
-                | InitFlags::FUSE_POSIX_ACL,
+                | InitFlags::FUSE_POSIX_ACL
+                // The umask comes with each create, mkdir and mknod, for strata to
+                // apply unless a default ACL decides (see `dir::Caller`).
+                | InitFlags::FUSE_DONT_MASK,
         );
         // Reads and writes of open files go straight to the backing file when the kernel
         // can (Linux 6.9+, privileged daemon).
@@ -115,7 +131,7 @@ impl Filesystem for StrataFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let node = check!(reply, self.u.node(ino.0), "getattr");
         let st = check!(reply, self.u.getattr(&node, fh.map(|f| f.0)), "getattr");
-        reply.attr(&self.u.ttl, &self.u.attr(node.ino, &st));
+        reply.attr(&self.attr_ttl(node.ino), &self.u.attr(node.ino, &st));
     }
 
     fn setattr(
@@ -148,7 +164,7 @@ impl Filesystem for StrataFs {
             fh: fh.map(|f| f.0),
         };
         let st = check!(reply, self.u.setattr(&node, sa, writer(req)), "setattr");
-        reply.attr(&self.u.ttl, &self.u.attr(node.ino, &st));
+        reply.attr(&self.attr_ttl(node.ino), &self.u.attr(node.ino, &st));
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -157,16 +173,7 @@ impl Filesystem for StrataFs {
         reply.data(&t);
     }
 
-    fn mknod(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        _umask: u32,
-        rdev: u32,
-        reply: ReplyEntry,
-    ) {
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
         debug!("mknod {} {:?} {mode:o}", parent.0, name);
         let r = self.u.create_entry(
             parent.0,
@@ -175,14 +182,16 @@ impl Filesystem for StrataFs {
                 mode,
                 rdev: rdev as u64,
             },
-            caller(req),
+            caller(req, umask),
         );
         self.entry(reply, r.map(|(n, s, _)| (n, s)), "mknod");
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         debug!("mkdir {} {:?} {mode:o}", parent.0, name);
-        let r = self.u.create_entry(parent.0, name, NewEntry::Dir { mode }, caller(req));
+        let r = self
+            .u
+            .create_entry(parent.0, name, NewEntry::Dir { mode }, caller(req, umask));
         self.entry(reply, r.map(|(n, s, _)| (n, s)), "mkdir");
     }
 
@@ -202,7 +211,7 @@ impl Filesystem for StrataFs {
         debug!("symlink {} {:?} -> {:?}", parent.0, link_name, target);
         let r = self
             .u
-            .create_entry(parent.0, link_name, NewEntry::Symlink { target }, caller(req));
+            .create_entry(parent.0, link_name, NewEntry::Symlink { target }, caller(req, 0));
         self.entry(reply, r.map(|(n, s, _)| (n, s)), "symlink");
     }
 
@@ -243,7 +252,17 @@ impl Filesystem for StrataFs {
         debug!("open {:#x} flags={:#o} by {}: handle {fh}", ino.0, flags.0, req.pid());
         let io = self.u.io_mode(fh, |fd| reply.open_backing(fd));
         match &io {
-            Io::Passthrough(id) => reply.opened_passthrough(FileHandle(fh), io.flags(), id),
+            Io::Passthrough(id) => {
+                // Writes through a shared mapping of this file change its times behind
+                // the kernel's back: drop what it holds from before the open (from now
+                // on attributes come with no cache time, see `attr_ttl`).
+                if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+                    if let Some(n) = self.u.notifier.get() {
+                        let _ = n.inval_inode(ino, -1, 0);
+                    }
+                }
+                reply.opened_passthrough(FileHandle(fh), io.flags(), id)
+            }
             _ => reply.opened(FileHandle(fh), io.flags()),
         }
     }
@@ -395,7 +414,7 @@ impl Filesystem for StrataFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -405,7 +424,11 @@ impl Filesystem for StrataFs {
     ) {
         debug!("setxattr {} {:?}", ino.0, name);
         let node = check!(reply, self.u.node(ino.0), "setxattr");
-        check!(reply, self.u.setxattr(&node, name, value, flags), "setxattr");
+        check!(
+            reply,
+            self.u.setxattr(&node, name, value, flags, writer(req)),
+            "setxattr"
+        );
         reply.ok();
     }
 
@@ -440,22 +463,25 @@ impl Filesystem for StrataFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
         debug!("create {} {:?} {mode:o}", parent.0, name);
         let r = self
             .u
-            .create_entry(parent.0, name, NewEntry::File { mode, flags }, caller(req));
+            .create_entry(parent.0, name, NewEntry::File { mode, flags }, caller(req, umask));
         let (node, st, fd) = check!(reply, r, "create");
         let fh = self.u.adopt_handle(&node, fd, flags);
         let attr = self.u.attr(node.ino, &st);
-        let (ttl, fhh) = (self.u.ttl, FileHandle(fh));
+        let fhh = FileHandle(fh);
         let io = self.u.io_mode(fh, |fd| reply.open_backing(fd));
         match &io {
-            Io::Passthrough(id) => reply.created_passthrough(&ttl, &attr, Generation(0), fhh, io.flags(), id),
-            _ => reply.created(&ttl, &attr, Generation(0), fhh, io.flags()),
+            // No cache time for what passes through (see `attr_ttl`).
+            Io::Passthrough(id) => {
+                reply.created_passthrough(&Duration::ZERO, &attr, Generation(0), fhh, io.flags(), id)
+            }
+            _ => reply.created(&self.u.ttl, &attr, Generation(0), fhh, io.flags()),
         }
     }
 
