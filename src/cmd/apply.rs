@@ -366,7 +366,10 @@ impl<'a> Unpacker<'a> {
                 Mode::from_raw_mode(0o644),
             )
             .map_err(|e| e.to_string())?;
-            return Ok(());
+            let mut m = meta.clone();
+            m.mode = 0o644;
+            m.xattrs.clear();
+            return self.set_meta(pfd, os, &m, false, &raw);
         }
         match kind {
             EntryType::Directory => {
@@ -425,17 +428,6 @@ impl<'a> Unpacker<'a> {
                 rfs::linkat(&tdir, OsStr::from_bytes(&tname), &parent, os, AtFlags::empty())
                     .map_err(|e| e.to_string())?;
                 // A hard link shares its target's metadata: nothing more to set.
-                return Ok(());
-            }
-            EntryType::Char | EntryType::Block if overlay_wh => {
-                self.clear(pfd, os, false)?;
-                rfs::openat(
-                    pfd,
-                    os,
-                    OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o644),
-                )
-                .map_err(|e| e.to_string())?;
                 return Ok(());
             }
             EntryType::Char | EntryType::Block => {

@@ -8,7 +8,7 @@
 //! `SCHILY.xattr.*` records. Entries are sorted and carry no user names, so the same
 //! tree gives the same bytes; `--mtime` clamps times.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
@@ -42,6 +42,9 @@ pub struct Args {
     /// The lower layers, top first, colon-separated (needed for metadata-only copies)
     #[arg(long = "lower", value_name = "L1:L2…")]
     pub lower: Vec<String>,
+    /// The mount's work dir, if not the default (UPPER/.wh..wh.work)
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<PathBuf>,
     /// Write the tar here instead of stdout
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -73,19 +76,19 @@ pub struct Stats {
 }
 
 pub fn run(a: &Args) -> Result<Stats, String> {
-    let (upper, lowers) = match (&a.mountpoint, &a.upper) {
+    let (upper, lowers, workdir) = match (&a.mountpoint, &a.upper) {
         (Some(_), Some(_)) => return Err("give either MOUNTPOINT or --upper, not both".into()),
         (None, None) => return Err("nothing to export: give MOUNTPOINT or --upper DIR".into()),
         (Some(mp), None) => {
             let l = super::live::find(mp)?;
             match l.upper {
-                Some(u) => (u, l.lowers),
+                Some(u) => (u, l.lowers, l.workdir),
                 None => return Err(format!("{}: a read-only mount has no changes to export", mp.display())),
             }
         }
         (None, Some(u)) => {
             let lowers = a.lower.iter().flat_map(|s| super::live::split_colons(s)).collect();
-            (u.clone(), lowers)
+            (u.clone(), lowers, a.workdir.clone())
         }
     };
     let md = fs::metadata(&upper).map_err(|e| format!("{}: {e}", upper.display()))?;
@@ -104,8 +107,13 @@ pub fn run(a: &Args) -> Result<Stats, String> {
         links: HashMap::new(),
         stats: Stats::default(),
         buf: vec![0; 1 << 20],
+        extras: BTreeMap::new(),
     };
-    x.dir(&upper, b"")?;
+    let index = workdir
+        .unwrap_or_else(|| upper.join(whiteout::WORK_IN_UPPER))
+        .join("index");
+    x.extras = index_extras(&index, &upper, &x.lowers)?;
+    x.dir(Some(&upper), b"")?;
     tarfmt::finish(&mut x.out).map_err(|e| format!("writing the tar: {e}"))?;
     x.out.flush().map_err(|e| format!("writing the tar: {e}"))?;
     Ok(x.stats)
@@ -119,6 +127,17 @@ struct Exporter<W: Write> {
     links: HashMap<(u64, u64), Vec<u8>>,
     stats: Stats,
     buf: Vec<u8>,
+    /// Lower names (path in the layer -> the upper copy in the work dir's index) of
+    /// files with several names in a lower layer, one of which was written through
+    /// the mount: the mount shows the upper copy under every name, also those that
+    /// have no entry in the upper.
+    extras: BTreeMap<Vec<u8>, PathBuf>,
+}
+
+enum Child {
+    Upper(PathBuf, fs::Metadata),
+    Extra(PathBuf),
+    LowerDir,
 }
 
 const OVERRIDE_STAT: &str = "user.containers.override_stat";
@@ -172,22 +191,29 @@ impl<W: Write> Exporter<W> {
     }
 
     /// Writes the entries below the upper directory `abs` (at `rel` in the layer).
-    fn dir(&mut self, abs: &Path, rel: &[u8]) -> Result<(), String> {
+    fn dir(&mut self, abs: Option<&Path>, rel: &[u8]) -> Result<(), String> {
         let mut names: Vec<OsString> = Vec::new();
-        for e in fs::read_dir(abs).map_err(|e| self.err(abs, e))? {
-            names.push(e.map_err(|e| self.err(abs, e))?.file_name());
+        if let Some(abs) = abs {
+            for e in fs::read_dir(abs).map_err(|e| self.err(abs, e))? {
+                names.push(e.map_err(|e| self.err(abs, e))?.file_name());
+            }
         }
         names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         let opaque_file = names.iter().any(|n| n == whiteout::OPAQUE);
-        let opaque = opaque_file || {
-            let d = File::open(abs).map_err(|e| self.err(abs, e))?;
-            whiteout::has_opaque_xattr(std::os::fd::AsFd::as_fd(&d))
+        let opaque = match abs {
+            Some(abs) => {
+                opaque_file || {
+                    let d = File::open(abs).map_err(|e| self.err(abs, e))?;
+                    whiteout::has_opaque_xattr(std::os::fd::AsFd::as_fd(&d))
+                }
+            }
+            None => false,
         };
         // Whiteouts first (the opaque marker before them), then the other entries.
         let mut whiteouts: Vec<(Vec<u8>, fs::Metadata)> = Vec::new();
-        let mut entries: Vec<(OsString, fs::Metadata)> = Vec::new();
+        let mut entries: BTreeMap<Vec<u8>, Child> = BTreeMap::new();
         for n in names {
-            let p = abs.join(&n);
+            let p = abs.unwrap_or(Path::new("")).join(&n);
             let md = fs::symlink_metadata(&p).map_err(|e| self.err(&p, e))?;
             let b = n.as_bytes();
             if b.starts_with(b".wh..wh.") {
@@ -199,12 +225,29 @@ impl<W: Write> Exporter<W> {
             } else if md.file_type().is_char_device() && md.rdev() == 0 {
                 whiteouts.push((b.to_vec(), md));
             } else {
-                entries.push((n, md));
+                entries.insert(b.to_vec(), Child::Upper(p, md));
+            }
+        }
+        // Lower names of hard-linked files written through another name (see `extras`).
+        let prefix = if rel.is_empty() { Vec::new() } else { join(rel, b"") };
+        for (path, idx) in self.extras.range(prefix.clone()..) {
+            let Some(rest) = path.strip_prefix(&prefix[..]) else {
+                break;
+            };
+            match rest.iter().position(|b| *b == b'/') {
+                None => {
+                    entries
+                        .entry(rest.to_vec())
+                        .or_insert_with(|| Child::Extra(idx.clone()));
+                }
+                Some(i) => {
+                    entries.entry(rest[..i].to_vec()).or_insert(Child::LowerDir);
+                }
             }
         }
         whiteouts.sort_by(|a, b| a.0.cmp(&b.0));
         whiteouts.dedup_by(|a, b| a.0 == b.0);
-        if opaque {
+        if let (true, Some(abs)) = (opaque, abs) {
             let md = fs::symlink_metadata(abs).map_err(|e| self.err(abs, e))?;
             self.marker(&join(rel, whiteout::OPAQUE.as_bytes()), &md)?;
         }
@@ -213,12 +256,29 @@ impl<W: Write> Exporter<W> {
             n.extend_from_slice(hidden);
             self.marker(&join(rel, &n), md)?;
         }
-        for (n, md) in entries {
-            let p = abs.join(&n);
-            let r = join(rel, n.as_bytes());
-            self.entry(&p, &r, &md)?;
-            if md.is_dir() {
-                self.dir(&p, &r)?;
+        for (n, child) in entries {
+            let r = join(rel, &n);
+            match child {
+                Child::Upper(p, md) => {
+                    self.entry(&p, &r, &md)?;
+                    if md.is_dir() {
+                        self.dir(Some(&p), &r)?;
+                    }
+                }
+                Child::Extra(idx) => {
+                    let md = fs::symlink_metadata(&idx).map_err(|e| self.err(&idx, e))?;
+                    self.entry(&idx, &r, &md)?;
+                }
+                Child::LowerDir => {
+                    // The directory as the mount shows it: the top lower that has it.
+                    let rp = PathBuf::from(OsStr::from_bytes(&r));
+                    let Some(d) = self.lowers.iter().map(|l| l.join(&rp)).find(|d| d.is_dir()) else {
+                        continue;
+                    };
+                    let md = fs::symlink_metadata(&d).map_err(|e| self.err(&d, e))?;
+                    self.entry(&d, &r, &md)?;
+                    self.dir(None, &r)?;
+                }
             }
         }
         Ok(())
@@ -389,8 +449,14 @@ impl<W: Write> Exporter<W> {
     }
 }
 
+/// Opens a file to read, not following a symlink, and without touching its atime
+/// where allowed (a lower layer is never changed, not even its atimes).
 fn open_nofollow(p: &Path) -> io::Result<File> {
-    fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(p)
+    let open = |flags| fs::OpenOptions::new().read(true).custom_flags(flags).open(p);
+    match open(libc::O_NOFOLLOW | libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(libc::O_NOFOLLOW),
+        r => r,
+    }
 }
 
 /// The data extents of the first `size` bytes of `f` (SEEK_DATA / SEEK_HOLE), each
@@ -432,4 +498,113 @@ impl IntoVec for OsString {
     fn into_vec(self) -> Vec<u8> {
         std::os::unix::ffi::OsStringExt::into_vec(self)
     }
+}
+
+/// The lower names a mount shows with the data of an upper copy from the work dir's
+/// index (`index/DEV-INO`, DEV and INO of the lower file, hex): the names of that lower
+/// file that are visible and have no entry in the upper.
+fn index_extras(index: &Path, upper: &Path, lowers: &[PathBuf]) -> Result<BTreeMap<Vec<u8>, PathBuf>, String> {
+    let mut keys: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    let Ok(rd) = fs::read_dir(index) else {
+        return Ok(BTreeMap::new());
+    };
+    for e in rd.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if let Some((d, i)) = n.split_once('-') {
+            if let (Ok(d), Ok(i)) = (u64::from_str_radix(d, 16), u64::from_str_radix(i, 16)) {
+                keys.insert((d, i), e.path());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    if keys.is_empty() {
+        return Ok(out);
+    }
+    let mut seen = HashSet::new();
+    for (li, l) in lowers.iter().enumerate() {
+        let mut files = Vec::new();
+        lower_files(l, &mut files).map_err(|e| format!("{}: {e}", l.display()))?;
+        for (rel, st) in files {
+            let Some(idx) = keys.get(&(st.st_dev, st.st_ino)) else {
+                continue;
+            };
+            let relb = rel.as_os_str().as_bytes().to_vec();
+            if seen.contains(&relb) || !visible(upper, lowers, li, &rel) {
+                continue;
+            }
+            seen.insert(relb.clone());
+            out.insert(relb, idx.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// The regular files with several names in a lower layer (path, stat), read without
+/// touching the layer's access times.
+fn lower_files(root: &Path, out: &mut Vec<(PathBuf, rustix::fs::Stat)>) -> io::Result<()> {
+    use crate::layer;
+    use rustix::fs::{FileType, OFlags};
+    let fd = rustix::fs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    let mut stack = vec![(PathBuf::new(), fd)];
+    while let Some((rel, dir)) = stack.pop() {
+        for (name, kind, _) in layer::read_dir(std::os::fd::AsFd::as_fd(&dir))? {
+            match kind {
+                FileType::Directory => {
+                    let sub = layer::open_noatime(
+                        std::os::fd::AsFd::as_fd(&dir),
+                        &name,
+                        OFlags::RDONLY | OFlags::DIRECTORY,
+                    )?;
+                    stack.push((rel.join(&name), sub));
+                }
+                FileType::RegularFile | FileType::Unknown => {
+                    if let Some(st) = layer::stat_at(std::os::fd::AsFd::as_fd(&dir), &name)? {
+                        if layer::file_type(&st) == FileType::RegularFile && st.st_nlink > 1 {
+                            out.push((rel.join(&name), st));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `rel` of lower `li` shows in the mount: nothing in the upper or the lowers
+/// above hides it (an entry of the same name, a whiteout, an opaque or non-directory
+/// ancestor).
+fn visible(upper: &Path, lowers: &[PathBuf], li: usize, rel: &Path) -> bool {
+    let comps: Vec<&OsStr> = rel.iter().collect();
+    let above = std::iter::once(upper).chain(lowers[..li].iter().map(|p| p.as_path()));
+    for layer in above {
+        let mut dir = layer.to_path_buf();
+        for (k, c) in comps.iter().enumerate() {
+            let last = k + 1 == comps.len();
+            if fs::symlink_metadata(dir.join(whiteout::whiteout_name(c))).is_ok() {
+                return false;
+            }
+            let p = dir.join(c);
+            match fs::symlink_metadata(&p) {
+                Err(_) => break,
+                Ok(md) if last || !md.is_dir() => {
+                    let _ = md;
+                    return false;
+                }
+                Ok(_) => {
+                    let opaque = fs::symlink_metadata(p.join(whiteout::OPAQUE)).is_ok()
+                        || File::open(&p).is_ok_and(|d| whiteout::has_opaque_xattr(std::os::fd::AsFd::as_fd(&d)));
+                    if opaque {
+                        return false;
+                    }
+                }
+            }
+            dir = p;
+        }
+    }
+    true
 }

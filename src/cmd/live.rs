@@ -18,6 +18,7 @@ pub struct Live {
     pub mountpoint: PathBuf,
     pub lowers: Vec<PathBuf>,
     pub upper: Option<PathBuf>,
+    pub workdir: Option<PathBuf>,
 }
 
 /// `A:B\:C` -> [A, B:C] (`\` escapes the next character), as `lowerdir=` takes it.
@@ -101,7 +102,9 @@ fn parse_cmdline(args: &[OsString], cwd: &Path) -> Option<(PathBuf, Config)> {
             cfg.lowers.push(PathBuf::from(value()?));
         } else if a == "--upper" {
             cfg.upper = Some(PathBuf::from(value()?));
-        } else if a == "--workdir" || a == "--threads" {
+        } else if a == "--workdir" {
+            cfg.workdir = Some(PathBuf::from(value()?));
+        } else if a == "--threads" {
             value();
         } else if let Some(v) = a.strip_prefix("--lower=") {
             cfg.lowers.push(PathBuf::from(v));
@@ -115,6 +118,7 @@ fn parse_cmdline(args: &[OsString], cwd: &Path) -> Option<(PathBuf, Config)> {
     let mp = positional.last()?;
     cfg.lowers = cfg.lowers.iter().map(|l| abs(l)).collect();
     cfg.upper = cfg.upper.as_deref().map(abs);
+    cfg.workdir = cfg.workdir.as_deref().map(abs);
     Some((abs(mp), cfg))
 }
 
@@ -154,6 +158,7 @@ pub fn daemons() -> Vec<Live> {
                 mountpoint: mp,
                 lowers: cfg.lowers,
                 upper: cfg.upper,
+                workdir: cfg.workdir,
             });
         }
     }

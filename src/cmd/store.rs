@@ -252,7 +252,12 @@ impl Store {
     /// Layer dirs used by live strata mounts.
     fn mounted(&self) -> BTreeSet<PathBuf> {
         let mut out = BTreeSet::new();
+        let live = super::live::strata_mounts();
         for d in super::live::daemons() {
+            // A daemon whose mount is gone is on its way out.
+            if !live.contains(&d.mountpoint) && !fs::canonicalize(&d.mountpoint).is_ok_and(|c| live.contains(&c)) {
+                continue;
+            }
             for l in d.lowers.iter().chain(d.upper.iter()) {
                 out.insert(fs::canonicalize(l).unwrap_or_else(|_| l.clone()));
             }
