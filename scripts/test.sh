@@ -29,6 +29,8 @@ command -v setfattr >/dev/null || pkgs+=(attr)
 command -v cc >/dev/null || pkgs+=(gcc libc6-dev)
 command -v useradd >/dev/null || pkgs+=(passwd)
 command -v mountpoint >/dev/null || pkgs+=(util-linux)
+command -v python3 >/dev/null || pkgs+=(python3)            # tests/layers.rs: an OCI applier
+[ -x /bin/busybox ] || pkgs+=(busybox-static)              # tests/layers.rs: image rootfs
 if [ ${#pkgs[@]} -gt 0 ]; then
     say "installing ${pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive

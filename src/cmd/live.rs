@@ -71,7 +71,7 @@ fn unescape_mountinfo(s: &str) -> OsString {
     let mut out = Vec::new();
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() + 0 && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
             out.push(u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 4]).unwrap(), 8).unwrap_or(b'?'));
             i += 4;
         } else {
@@ -168,7 +168,7 @@ pub fn daemons() -> Vec<Live> {
 /// The live strata mount at `mp`.
 pub fn find(mp: &Path) -> Result<Live, String> {
     let canon = fs::canonicalize(mp).map_err(|e| format!("{}: {e}", mp.display()))?;
-    if !strata_mounts().iter().any(|m| *m == canon) {
+    if !strata_mounts().contains(&canon) {
         return Err(format!(
             "{}: not a strata mount (see /proc/self/mountinfo)",
             mp.display()
