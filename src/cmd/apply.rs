@@ -209,6 +209,8 @@ struct Unpacker<'a> {
     root_meta: Option<EntryMeta>,
     warned_owner: bool,
     stats: Stats,
+    /// The data buffer, kept from file to file.
+    buf: Vec<u8>,
 }
 
 fn unpack(input: impl Read, root: BorrowedFd<'_>) -> Result<Stats, String> {
@@ -221,6 +223,7 @@ fn unpack(input: impl Read, root: BorrowedFd<'_>) -> Result<Stats, String> {
         root_meta: None,
         warned_owner: false,
         stats: Stats::default(),
+        buf: Vec::new(),
     };
     let entries = ar.entries().map_err(|e| format!("reading the tar: {e}"))?;
     for e in entries {
@@ -390,7 +393,7 @@ impl<'a> Unpacker<'a> {
                 )
                 .map_err(|e| e.to_string())?;
                 let size = e.size();
-                let n = copy_data(e, &f, kind == EntryType::GNUSparse).map_err(|e| e.to_string())?;
+                let n = copy_data(e, &f, kind == EntryType::GNUSparse, &mut self.buf).map_err(|e| e.to_string())?;
                 if n != size {
                     return Err(format!("the tar ends inside the file's data ({n} of {size} bytes)"));
                 }
@@ -558,9 +561,9 @@ impl<'a> Unpacker<'a> {
 
 /// Copies an entry's data into `f`. For a sparse entry, all-zero 4 KiB blocks are
 /// left as holes (the tar reader hands the holes over as zeros).
-fn copy_data(r: &mut impl Read, f: &OwnedFd, sparse: bool) -> io::Result<u64> {
+fn copy_data(r: &mut impl Read, f: &OwnedFd, sparse: bool, buf: &mut Vec<u8>) -> io::Result<u64> {
     const CHUNK: usize = 1 << 20;
-    let mut buf = vec![0u8; CHUNK];
+    buf.resize(CHUNK, 0);
     let mut off = 0u64;
     loop {
         let mut n = 0;
@@ -589,7 +592,10 @@ fn copy_data(r: &mut impl Read, f: &OwnedFd, sparse: bool) -> io::Result<u64> {
             break;
         }
     }
-    rfs::ftruncate(f, off)?;
+    if sparse {
+        // Holes at the end were skipped: the size comes from here.
+        rfs::ftruncate(f, off)?;
+    }
     Ok(off)
 }
 
