@@ -128,6 +128,7 @@ pub fn apply_verified(
     stage_name.push(name);
     stage_name.push(format!(".apply-{}", std::process::id()));
     let stage = parent.join(&stage_name);
+    fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
     let _ = remove_tree(&stage);
     fs::create_dir(&stage).map_err(|e| format!("{}: {e}", stage.display()))?;
     let result = (|| {

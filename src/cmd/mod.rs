@@ -52,3 +52,36 @@ pub fn subcommand(args: &[std::ffi::OsString]) -> Option<&'static str> {
     }
     Some(name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::subcommand;
+
+    fn sub(args: &[&str]) -> Option<&'static str> {
+        let v: Vec<std::ffi::OsString> = std::iter::once("strata")
+            .chain(args.iter().copied())
+            .map(Into::into)
+            .collect();
+        subcommand(&v)
+    }
+
+    #[test]
+    fn subcommands_and_mounts() {
+        assert_eq!(sub(&["export", "/mnt"]), Some("export"));
+        assert_eq!(sub(&["export", "/mnt", "-o", "out.tar"]), Some("export"));
+        assert_eq!(sub(&["export", "--upper", "/u", "-oout.tar"]), Some("export"));
+        assert_eq!(sub(&["apply", "l.tar", "/d"]), Some("apply"));
+        assert_eq!(sub(&["store", "gc"]), Some("store"));
+        assert_eq!(sub(&["mount", "--image", "a.tar", "/m"]), Some("mount"));
+        assert_eq!(sub(&["mount", "--image=a.tar", "/m"]), Some("mount"));
+        assert_eq!(sub(&["mount", "--help"]), Some("mount"));
+        // Mounts: a source named like a subcommand, with lowerdir= or upperdir=.
+        assert_eq!(sub(&["export", "/mnt", "-o", "lowerdir=/l"]), None);
+        assert_eq!(sub(&["export", "/mnt", "-o", "rw,upperdir=/u,lowerdir=/l"]), None);
+        assert_eq!(sub(&["store", "/mnt", "-olowerdir=/l"]), None);
+        assert_eq!(sub(&["mount", "/mnt", "--lower", "/l"]), None);
+        assert_eq!(sub(&["-o", "lowerdir=/l", "/mnt"]), None);
+        assert_eq!(sub(&["/src", "/mnt", "-o", "lowerdir=/l"]), None);
+        assert_eq!(sub(&[]), None);
+    }
+}

@@ -169,9 +169,13 @@ pub fn lock(root: &Path, exclusive: bool) -> Result<OwnedFd, String> {
 
 impl Store {
     pub fn new(dir: Option<PathBuf>) -> Store {
-        Store {
-            root: dir.unwrap_or_else(default_dir),
-        }
+        let root = dir.unwrap_or_else(default_dir);
+        // Absolute: the layer paths go into a mount's options.
+        let root = match std::env::current_dir() {
+            Ok(cwd) if root.is_relative() => cwd.join(root),
+            _ => root,
+        };
+        Store { root }
     }
 
     pub fn layer_dir(&self, digest: &str) -> Result<PathBuf, String> {
