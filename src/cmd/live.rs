@@ -145,7 +145,9 @@ pub fn daemons() -> Vec<Live> {
             .file_name()
             .map(|n| n.as_bytes().to_vec())
             .unwrap_or_default();
-        if base != b"strata" {
+        let exe = fs::read_link(format!("/proc/{pid}/exe")).ok();
+        let exe_base = exe.as_deref().and_then(Path::file_name).map(|n| n.as_bytes().to_vec());
+        if base != b"strata" && exe_base.as_deref() != Some(&b"strata"[..]) {
             continue;
         }
         if super::subcommand(&args).is_some() {
