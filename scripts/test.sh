@@ -99,6 +99,9 @@ say "cargo test --workspace"
 # leaked mount is found and removed below.
 mkdir -p "$WORK/tmp"
 set +e
+# Tests that skip a part (a missing tool) append "test: reason" lines here.
+export STRATA_SKIP_LOG=$WORK/cargo-skipped.txt
+: > "$STRATA_SKIP_LOG"
 TMPDIR=$WORK/tmp timeout -k 30 1200 cargo test --workspace --no-fail-fast 2>&1 | tee "$WORK/cargo-test.log"
 cargo_rc=${PIPESTATUS[0]}
 set -e
@@ -107,6 +110,9 @@ if [ "$cargo_rc" -ne 0 ] && [ "$c_fail" -eq 0 ]; then
     c_fail=1 # did not build, crashed or timed out: count it
 fi
 summary+=("cargo test:  $c_pass passed, $c_fail failed, $c_ign ignored (exit $cargo_rc)")
+if [ -s "$STRATA_SKIP_LOG" ]; then
+    summary+=("cargo test:  $(wc -l < "$STRATA_SKIP_LOG") parts skipped (listed below)")
+fi
 total_pass=$((total_pass + c_pass))
 total_fail=$((total_fail + c_fail))
 grep -E "^test .* FAILED$" "$WORK/cargo-test.log" | sed 's/^/    /' > "$WORK/cargo-failed.txt" || true
@@ -246,6 +252,10 @@ for line in "${summary[@]}"; do echo "$line"; done
 if [ -s "$WORK/cargo-failed.txt" ]; then
     echo "failed Rust tests:"
     cat "$WORK/cargo-failed.txt"
+fi
+if [ -s "$WORK/cargo-skipped.txt" ]; then
+    echo "skipped parts of Rust tests:"
+    sed 's/^/    /' "$WORK/cargo-skipped.txt"
 fi
 if [ -s "$PJD/failed.txt" ]; then
     echo "failed pjdfstest cases:"

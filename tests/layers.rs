@@ -17,6 +17,17 @@ use std::process::{Command, Output, Stdio};
 use common::*;
 use sha2::Digest;
 
+/// Says why part of a test does not run, on stderr and (for scripts/test.sh's
+/// summary) in the file `$STRATA_SKIP_LOG` names.
+fn skip(what: &str, why: &str) {
+    eprintln!("SKIP {what}: {why}");
+    if let Some(p) = std::env::var_os("STRATA_SKIP_LOG") {
+        if let Ok(mut f) = fs::OpenOptions::new().append(true).create(true).open(p) {
+            let _ = writeln!(f, "layers::{what}: {why}");
+        }
+    }
+}
+
 fn strata(args: &[&str]) -> Output {
     Command::new(STRATA)
         .args(args)
@@ -355,7 +366,7 @@ fn export_then_apply_gives_back_the_merged_tree() {
 
     // The independent applier: the tar over a flat copy of the lower view.
     let Some(py) = python() else {
-        eprintln!("SKIP independent applier: python3 with tarfile not found");
+        skip("independent applier", "python3 with tarfile not found");
         return;
     };
     let flat = f.root().join("flat");
@@ -598,7 +609,7 @@ fn apply_refuses_hostile_tars() {
         raw_entry(&mut t, "dev/null2", T::Char, "", b"");
         assert_refused(&root, t, "dev/null2", Some(65534));
     } else {
-        eprintln!("SKIP device node as a user: not root or no setpriv");
+        skip("device node as a user", "not root or no setpriv");
     }
     // A non-empty target is refused, and left alone.
     let full = root.join("full");
@@ -701,7 +712,7 @@ fn mount_image_from_an_archive_and_reuse_the_store() {
         "a mount without --upper is writable"
     );
     if !busybox || !rustix::process::geteuid().is_root() {
-        eprintln!("SKIP chroot into the image: needs root and /bin/busybox (busybox-static)");
+        skip("chroot into the image", "needs root and /bin/busybox (busybox-static)");
     } else {
         let o = Command::new("chroot")
             .arg(&mnt)
@@ -793,7 +804,7 @@ fn mount_image_from_podman_save() {
         || Command::new("podman").arg("--version").output().is_err()
         || !Path::new("/bin/busybox").exists()
     {
-        eprintln!("SKIP mount_image_from_podman_save: needs root, podman and /bin/busybox");
+        skip("mount_image_from_podman_save", "needs root, podman and /bin/busybox");
         return;
     }
     let f = Fixture::new(0);
@@ -840,10 +851,8 @@ fn mount_image_from_podman_save() {
     fs::create_dir_all(root.join("t")).unwrap();
     let imp = pm(&["import", s(&rt), "localhost/bb:1"]);
     if !imp.status.success() {
-        eprintln!(
-            "SKIP mount_image_from_podman_save: podman import failed: {}",
-            String::from_utf8_lossy(&imp.stderr)
-        );
+        let err = String::from_utf8_lossy(&imp.stderr).replace('\n', " ");
+        skip("mount_image_from_podman_save", &format!("podman import failed: {err}"));
         return;
     }
     let archive = root.join("bb.tar");
