@@ -414,6 +414,8 @@ fn export_converts_overlay_markers_and_leaves_out_strata_entries() {
     write(&up.join(".wh..wh.orph"), "");
     write(&up.join("f"), "data");
     set_times(&up.join("f"), (5000, 0), (5000, 0)).unwrap();
+    // Owner and mode kept in an xattr (containers/storage's override_stat).
+    set_xattr(&up.join("o/kept"), "user.containers.override_stat", b"1000:1001:0750").unwrap();
     let out = f.root().join("o.tar");
     ok(
         strata(&["export", "--upper", s(&up), "--mtime", "1000", "-o", s(&out)]),
@@ -425,17 +427,21 @@ fn export_converts_overlay_markers_and_leaves_out_strata_entries() {
         let mut e = e.unwrap();
         let p = String::from_utf8_lossy(&e.path_bytes()).into_owned();
         assert!(e.header().mtime().unwrap() <= 1000, "{p}: mtime not clamped");
+        if p == "o/kept" {
+            let h = e.header();
+            assert_eq!(
+                (h.uid().unwrap(), h.gid().unwrap(), h.mode().unwrap()),
+                (1000, 1001, 0o750)
+            );
+        }
         assert!(
             e.header().username_bytes().is_none_or(|u| u.is_empty()),
             "{p}: a user name"
         );
         if let Some(x) = e.pax_extensions().unwrap() {
             for r in x.flatten() {
-                assert!(
-                    !r.key().unwrap().contains("overlay"),
-                    "{p}: {} exported",
-                    r.key().unwrap()
-                );
+                let k = r.key().unwrap();
+                assert!(!k.contains("overlay") && !k.contains("override"), "{p}: {k} exported");
             }
         }
         names.push(p);
@@ -939,4 +945,50 @@ fn subcommands_have_help_and_mount_forms_keep_working() {
     let o = strata(&["apply", "/nonexistent/layer.tar", "/tmp/strata-nonexistent-target"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/layer.tar"));
+}
+
+#[test]
+fn concurrent_image_mounts_unpack_each_layer_once() {
+    let f = Fixture::new(0);
+    let mut layers = Vec::new();
+    for i in 0..3 {
+        let d = f.dir(&format!("src{i}"));
+        for j in 0..200 {
+            write(&d.join(format!("f{i}-{j}")), format!("{i}/{j}"));
+        }
+        layers.push(ok(strata(&["export", "--upper", s(&d)]), "export").stdout);
+    }
+    let archive = f.root().join("img.tar");
+    docker_archive(&archive, "localhost/c:1", &layers);
+    let store = f.root().join("store");
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new(STRATA)
+                .args([
+                    "mount",
+                    "--image",
+                    s(&archive),
+                    "/nonexistent",
+                    "--no-mount",
+                    "--store",
+                    s(&store),
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<Output> = runs.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    let first = outs[0].stdout.clone();
+    for o in outs {
+        let o = ok(o, "concurrent mount --image --no-mount");
+        assert_eq!(o.stdout, first, "different layer dirs");
+    }
+    let dirs = names_of(&store.join("sha256"));
+    assert_eq!(dirs.len(), 3, "{dirs:?}");
+    for (i, l) in layers.iter().enumerate() {
+        let d = store.join("sha256").join(sha256(l));
+        assert_eq!(names_of(&d).len(), 200, "layer {i}");
+    }
 }
