@@ -40,6 +40,8 @@ command -v mountpoint >/dev/null || pkgs+=(util-linux)
 # tests/powercut.rs: an ext4 on a loop device; tests/metacopy.rs reads uppers with fuse-overlayfs.
 command -v mkfs.ext4 >/dev/null || pkgs+=(e2fsprogs)
 [ -x /usr/bin/fuse-overlayfs ] || pkgs+=(fuse-overlayfs)
+command -v python3 >/dev/null || pkgs+=(python3)            # tests/layers.rs: an OCI applier
+[ -x /bin/busybox ] || pkgs+=(busybox-static)              # tests/layers.rs: image rootfs
 if [ ${#pkgs[@]} -gt 0 ]; then
     say "installing ${pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -109,6 +111,9 @@ say "cargo test --workspace"
 # leaked mount is found and removed below.
 mkdir -p "$WORK/tmp"
 set +e
+# Tests that skip a part (a missing tool) append "test: reason" lines here.
+export STRATA_SKIP_LOG=$WORK/cargo-skipped.txt
+: > "$STRATA_SKIP_LOG"
 STRATA_POWERCUT_REPORT=$WORK/powercut.txt TMPDIR=$WORK/tmp timeout -k 30 1200 cargo test --workspace --no-fail-fast 2>&1 | tee "$WORK/cargo-test.log"
 cargo_rc=${PIPESTATUS[0]}
 set -e
@@ -121,6 +126,9 @@ summary+=("cargo test:  $c_pass passed, $c_fail failed, $c_ign ignored (exit $ca
 if [ -s "$WORK/powercut.txt" ]; then
     while IFS= read -r l; do summary+=("  power cut: $l"); done < "$WORK/powercut.txt"
     if grep -q '^skipped' "$WORK/powercut.txt"; then total_skip=$((total_skip + 1)); fi
+fi
+if [ -s "$STRATA_SKIP_LOG" ]; then
+    summary+=("cargo test:  $(wc -l < "$STRATA_SKIP_LOG") parts skipped (listed below)")
 fi
 total_pass=$((total_pass + c_pass))
 total_fail=$((total_fail + c_fail))
@@ -301,6 +309,10 @@ for line in "${summary[@]}"; do echo "$line"; done
 if [ -s "$WORK/cargo-failed.txt" ]; then
     echo "failed Rust tests:"
     cat "$WORK/cargo-failed.txt"
+fi
+if [ -s "$WORK/cargo-skipped.txt" ]; then
+    echo "skipped parts of Rust tests:"
+    sed 's/^/    /' "$WORK/cargo-skipped.txt"
 fi
 if [ -s "$PJD/failed.txt" ]; then
     echo "failed pjdfstest cases:"

@@ -2,6 +2,7 @@
 //! writable upper layer, served over FUSE.
 
 pub mod attr;
+pub mod cmd;
 pub mod config;
 pub mod copy_up;
 pub mod dir;

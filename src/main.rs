@@ -23,7 +23,14 @@ uidmapping=C:H:N:..., gidmapping=..., squash_to_uid=N, squash_to_gid=N, squash_t
 allow_other, nodefault_permissions, ro, threads=N, passthrough=0|1,\n  \
 whiteout=both|aufs|overlay (markers honoured in lower layers), debug, fsname=NAME\n\
 Unknown options are reported and ignored.\n\n\
-Logs: -d, or RUST_LOG (e.g. RUST_LOG=strata=debug)."
+Logs: -d, or RUST_LOG (e.g. RUST_LOG=strata=debug).\n\n\
+SUBCOMMANDS (each with --help):\n  \
+export      write a mount's changes as an OCI layer tar\n  \
+apply       unpack an OCI/Docker layer tar into a layer directory\n  \
+mount --image   mount a docker/podman save archive or OCI layout from the layer store\n  \
+store       list (ls) and prune (gc) the layer store\n\
+A first argument naming a subcommand is a mount source instead when an -o gives\n\
+lowerdir= or upperdir= (and `mount` is the subcommand only with --image)."
 )]
 struct Cli {
     /// Mount options (may be repeated; they accumulate)
@@ -85,6 +92,20 @@ fn config(cli: Cli) -> Result<Config, String> {
 }
 
 fn main() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(name) = strata::cmd::subcommand(&args) {
+        // `strata NAME …` -> the subcommand sees "strata NAME" as its program name.
+        let mut sub = vec![std::ffi::OsString::from(format!("strata {name}"))];
+        sub.extend(args[2..].iter().cloned());
+        let code = match name {
+            "export" => strata::cmd::export::main(sub),
+            "apply" => strata::cmd::apply::main(sub),
+            "mount" => strata::cmd::image::main(sub),
+            "store" => strata::cmd::store::main(sub),
+            _ => unreachable!(),
+        };
+        std::process::exit(code);
+    }
     let cli = Cli::parse();
     if cli.version {
         println!("strata version {}", env!("CARGO_PKG_VERSION"));
