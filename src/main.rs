@@ -19,7 +19,10 @@ workdir=W            staging dir on U's filesystem (default U/.wh..wh.work)\n  \
 volatile, fsync=0|1  skip fsync / fsync copied-up files before they appear\n  \
 timeout=SECS         kernel cache time for names and attributes (default 86400)\n  \
 uidmapping=C:H:N:..., gidmapping=..., squash_to_uid=N, squash_to_gid=N, squash_to_root\n  \
-allow_other, nodefault_permissions, ro, threads=N, passthrough=0|1,\n  \
+allow_other, nodefault_permissions, threads=N, passthrough=0|1,\n  \
+ro                   read-only; an upper is shown, never written (EROFS)\n  \
+nosuid, nodev, noexec, noatime, nodiratime, relatime, strictatime, lazytime, sync,\n  \
+dirsync, nosymfollow (and suid, dev, exec, atime, rw...): mount flags, as mount(8)\n  \
 whiteout=both|aufs|overlay (markers honoured in lower layers), debug, fsname=NAME\n\
 Unknown options are reported and ignored.\n\n\
 Logs: -d, or RUST_LOG (e.g. RUST_LOG=strata=debug)."
@@ -43,7 +46,7 @@ struct Cli {
     /// Debug logs on stderr (implies --foreground)
     #[arg(short, long)]
     debug: bool,
-    /// FUSE worker threads (default: number of CPUs, 2 to 8)
+    /// FUSE worker threads (default: four times the number of CPUs, 8 to 16)
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
     /// Print the version

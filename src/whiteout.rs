@@ -2,8 +2,11 @@
 //!
 //! Written (upper only), AUFS form: an empty regular file `.wh.NAME` hides NAME below;
 //! an empty regular file `.wh..wh..opq` inside a directory hides everything below it.
-//! Read in lowers: the AUFS form and the overlayfs form (a character device 0/0 named
+//! Read in every layer, the upper included (fuse-overlayfs and the kernel's overlayfs
+//! write it there): the AUFS form and the overlayfs form (a character device 0/0 named
 //! NAME; `trusted.overlay.opaque` or `user.overlay.opaque` = `y` on a directory).
+//! `whiteout=aufs|overlay` narrows what is read in lowers; in the upper the AUFS form
+//! is always read, the overlayfs form unless `whiteout=aufs`.
 //! Names starting with `.wh.` are reserved: never visible, never creatable.
 
 use std::ffi::{OsStr, OsString};
@@ -57,10 +60,11 @@ pub struct Forms {
 impl Forms {
     pub fn for_layer(is_upper: bool, form: WhiteoutForm) -> Forms {
         if is_upper {
-            // In the upper only the AUFS form is a marker.
+            // strata writes the AUFS form; other mounters of the same upper write the
+            // overlayfs form.
             return Forms {
                 aufs: true,
-                overlay: false,
+                overlay: form != WhiteoutForm::Aufs,
             };
         }
         match form {
