@@ -61,6 +61,9 @@ pub struct Config {
     pub vfs_set: u64,
     /// Flags explicitly turned off (`suid`, `dev`, `exec`, `atime`, ...).
     pub vfs_clear: u64,
+    /// `remount`: change the flags of the strata mount already at the mount point
+    /// (what mount(8) asks through mount.fuse3 for `mount -o remount,...`).
+    pub remount: bool,
     /// Source name shown in the mount table (`fsname=`).
     pub fsname: Option<String>,
     /// Options that were not understood; warned about and ignored.
@@ -93,6 +96,7 @@ impl Default for Config {
             read_only: false,
             vfs_set: 0,
             vfs_clear: 0,
+            remount: false,
             fsname: None,
             unknown: Vec::new(),
         }
@@ -310,6 +314,10 @@ pub fn apply_opts(cfg: &mut Config, opts: &str) -> Result<(), String> {
             }
             "ro" => cfg.read_only = true,
             "rw" => cfg.read_only = false,
+            "remount" => cfg.remount = true,
+            // What mount(8) repeats from the mount table on a remount: the kernel's
+            // own FUSE options.
+            "user_id" | "group_id" | "rootmode" | "max_read" | "blksize" => {}
             k if val.is_none() && vfs_flag(k).is_some() => {
                 let (set, clear) = vfs_flag(k).unwrap_or_default();
                 cfg.vfs_set = (cfg.vfs_set | set) & !clear;
@@ -343,6 +351,12 @@ pub fn apply_opts(cfg: &mut Config, opts: &str) -> Result<(), String> {
 
 /// Checks a complete configuration.
 pub fn finish(cfg: &Config) -> Result<(), String> {
+    if cfg.remount {
+        return match cfg.mountpoint.as_os_str().is_empty() {
+            true => Err("no mount point given".into()),
+            false => Ok(()),
+        };
+    }
     if cfg.lowers.is_empty() {
         return Err("no lower layer given (use -o lowerdir=DIR[:DIR...] or --lower DIR)".into());
     }

@@ -23,6 +23,7 @@ allow_other, nodefault_permissions, threads=N, passthrough=0|1,\n  \
 ro                   read-only; an upper is shown, never written (EROFS)\n  \
 nosuid, nodev, noexec, noatime, nodiratime, relatime, strictatime, lazytime, sync,\n  \
 dirsync, nosymfollow (and suid, dev, exec, atime, rw...): mount flags, as mount(8)\n  \
+remount              change the flags of the strata mount at MOUNTPOINT (as root)\n  \
 whiteout=both|aufs|overlay (markers honoured in lower layers), debug, fsname=NAME\n\
 Unknown options are reported and ignored.\n\n\
 Logs: -d, or RUST_LOG (e.g. RUST_LOG=strata=debug)."
@@ -99,10 +100,14 @@ fn main() {
             std::process::exit(1);
         }
     };
-    for u in &cfg.unknown {
+    for u in cfg.unknown.iter().filter(|_| !cfg.remount) {
         eprintln!("strata: warning: ignoring unknown option '{u}'");
     }
-    if let Err(e) = strata::mount::run(cfg) {
+    let res = match cfg.remount {
+        true => strata::mount::remount(&cfg),
+        false => strata::mount::run(cfg),
+    };
+    if let Err(e) = res {
         eprintln!("strata: {e}");
         std::process::exit(1);
     }

@@ -206,6 +206,30 @@ fn serve(union: Union, notify: Option<OwnedFd>) -> Result<(), String> {
     }
 }
 
+/// `-o remount,...`: sets the flags of the strata mount at the mount point to those
+/// given (mount(8) passes them all, the ones kept and the ones changed), `ro` or `rw`
+/// included, as mount(2) does for a remount. No second daemon is started.
+pub fn remount(cfg: &Config) -> Result<(), String> {
+    use rustix::mount::MountFlags;
+    let mp = &cfg.mountpoint;
+    let fs = rustix::fs::statfs(mp).map_err(|e| format!("remount {}: {}", mp.display(), e))?;
+    // FUSE_SUPER_MAGIC
+    if fs.f_type as i64 != 0x6573_5546 {
+        return Err(format!("remount {}: not a FUSE (strata) mount", mp.display()));
+    }
+    if !rustix::process::geteuid().is_root() {
+        return Err(format!(
+            "remount {}: changing a mount's flags needs root; unmount and mount again instead",
+            mp.display()
+        ));
+    }
+    let mut flags = MountFlags::from_bits_retain(cfg.vfs_set as std::ffi::c_uint);
+    if cfg.read_only {
+        flags |= MountFlags::RDONLY;
+    }
+    rustix::mount::mount_remount(mp, flags, "").map_err(|e| format!("remount {}: {}", mp.display(), e))
+}
+
 /// The mount(2) flags of the FUSE mount: read-only without an upper or with `ro`, and
 /// the VFS flags asked for. Without any, mount(2) makes it suid, dev, exec, relatime.
 fn mount_flags(u: &Union) -> rustix::mount::MountFlags {

@@ -291,6 +291,45 @@ fn ro_mount_beside_a_live_read_write_one_changes_nothing_of_it() {
     rw.finish();
 }
 
+#[test]
+fn remount_changes_the_flags_of_the_live_mount() {
+    // What mount(8) runs through mount.fuse3 for `mount -o remount,ro MNT`: the flags
+    // kept and changed, `remount`, and the kernel's FUSE options from the mount table.
+    let fx = ro_fixture();
+    let m = fx.mount();
+    fs::write(m.p("before"), "b").unwrap();
+    let remount = |o: &str| {
+        let out = Command::new(STRATA).args(["-o", o]).arg(m.path()).output().unwrap();
+        assert!(
+            out.status.success(),
+            "strata -o {o}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    remount("ro,nosuid,remount,user_id=0,group_id=0,default_permissions,allow_other");
+    let o = proc_opts(m.path());
+    assert!(has(&o, "ro") && has(&o, "nosuid"), "{o:?}");
+    assert_eq!(names(m.path()), strs(&["before", "chg", "d", "keep", "made", "newdir"]));
+    assert_eq!(read_string(&m.p("before")), "b");
+    assert_errno(fs::write(m.p("x"), "x"), libc::EROFS, "create after remount,ro");
+    assert_errno(fs::create_dir(m.p("newdir")), libc::EEXIST, "mkdir of an existing dir");
+    assert_errno(fs::remove_file(m.p("made")), libc::EROFS, "unlink after remount,ro");
+    remount("rw,remount");
+    let o = proc_opts(m.path());
+    assert!(has(&o, "rw") && !has(&o, "nosuid"), "{o:?}");
+    fs::write(m.p("x"), "x").unwrap();
+    m.finish();
+    // Not a FUSE mount: refused.
+    let out = Command::new(STRATA)
+        .args(["-o", "remount,ro"])
+        .arg(&fx.work)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a FUSE"));
+}
+
 fn m_p(m: &Mount, rel: &str) -> PathBuf {
     m.p(rel)
 }
