@@ -24,7 +24,7 @@ ro                   read-only; an upper is shown, never written (EROFS)\n  \
 nosuid, nodev, noexec, noatime, nodiratime, relatime, strictatime, lazytime, sync,\n  \
 dirsync, nosymfollow (and suid, dev, exec, atime, rw...): mount flags, as mount(8)\n  \
 remount              change the flags of the strata mount at MOUNTPOINT (as root)\n  \
-whiteout=both|aufs|overlay (markers honoured in lower layers), debug, fsname=NAME\n\
+whiteout=both|aufs|overlay (markers honoured; see README), debug, fsname=NAME\n\
 Unknown options are reported and ignored.\n\n\
 Logs: -d, or RUST_LOG (e.g. RUST_LOG=strata=debug)."
 )]
