@@ -84,7 +84,7 @@ fn has_upper_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool> {
 /// was one.
 fn convert_overlay_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool> {
     match layer::stat_at(dir, name)? {
-        Some(st) if whiteout::is_overlay_whiteout(&st) => {
+        Some(st) if whiteout::is_overlay_whiteout(&st) && !whiteout::is_marked_device(dir, name) => {
             if !whiteout_too_long(name) {
                 write_whiteout(dir, name)?;
             }
@@ -166,13 +166,6 @@ impl Union {
         if whiteout::is_reserved(name) {
             return Err(Errno::PERM);
         }
-        // A character device 0/0 is the overlayfs form of a whiteout: made in the
-        // upper, it would read back (here and in other mounters) as a deletion.
-        if let NewEntry::Node { mode, rdev: 0 } = what {
-            if FileType::from_raw_mode(mode) == FileType::CharacterDevice {
-                return Err(Errno::PERM);
-            }
-        }
         if !self.writable {
             return Err(Errno::ROFS);
         }
@@ -230,6 +223,26 @@ impl Union {
             NewEntry::Dir { mode } => {
                 rfs::mkdirat(dir, name, Mode::from_raw_mode(mode & 0o7777))?;
                 self.give_to(dir, name, who, Some(mode))?;
+            }
+            NewEntry::Node { mode, rdev: 0 } if FileType::from_raw_mode(mode) == FileType::CharacterDevice => {
+                // The overlayfs form of a whiteout: made with its marker (see
+                // `whiteout::DEVICE_XATTR`) in the work dir, then moved into place, so
+                // that it never shows as a deletion.
+                let work = self.work.as_ref().ok_or(Errno::ROFS)?;
+                let tmp = work.temp_name();
+                let made = (|| {
+                    let m = Mode::from_raw_mode(mode & 0o7777);
+                    rfs::mknodat(work.fd(), &tmp, FileType::CharacterDevice, m, 0)?;
+                    let fd = layer::open_path(work.fd(), &tmp)?;
+                    let marker = OsStr::new(whiteout::DEVICE_XATTR);
+                    layer::set_xattr(fd.as_fd(), marker, b"y", rfs::XattrFlags::empty()).map_err(|_| Errno::PERM)?;
+                    self.give_to_in(dir, work.fd(), &tmp, who, Some(mode))?;
+                    rfs::renameat_with(work.fd(), &tmp, dir, name, RenameFlags::NOREPLACE)
+                })();
+                if let Err(e) = made {
+                    work.discard(&tmp);
+                    return Err(e);
+                }
             }
             NewEntry::Node { mode, rdev } => {
                 let kind = FileType::from_raw_mode(mode);
