@@ -521,3 +521,36 @@ fn a_fuse_overlayfs_store_switches_to_strata_and_back() {
     fuse_overlayfs_unmount(&fx);
     assert_eq!(back, by_strata, "fuse-overlayfs shows another tree than strata left");
 }
+
+#[test]
+fn ro_takes_an_upper_on_a_read_only_filesystem() {
+    let fx = Fixture::new(1);
+    fx.lower(0).file("a", "lower");
+    let up = fx.dir("roupper");
+    fx.mount_tmpfs(&up);
+    fs::write(up.join("b"), "upper").unwrap();
+    let st = Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&up)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let o = format!("lowerdir={},upperdir={}", fx.lowerdir(), up.display());
+    // Read-write: refused, naming the path and the reason.
+    let out = Command::new(STRATA)
+        .args(["-f", "-o", &o])
+        .arg(&fx.mnt)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("read-only filesystem") && err.contains("roupper"), "{err}");
+    assert!(!is_fuse_mount(&fx.mnt));
+    // ro: shown, nothing written.
+    let m = fx.mount_args(&["-f", "-o", &format!("{o},ro")]);
+    assert_eq!(names(m.path()), strs(&["a", "b"]));
+    assert_eq!(read_string(&m.p("b")), "upper");
+    assert_errno(fs::write(m.p("c"), "c"), libc::EROFS, "create");
+    m.finish();
+    force_unmount(&up);
+}
