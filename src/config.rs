@@ -478,6 +478,15 @@ mod tests {
     }
 
     #[test]
+    fn remount_needs_only_a_mount_point() {
+        let mut c = parse("ro,nosuid,nodev,remount,user_id=0,group_id=0,default_permissions,allow_other");
+        assert!(c.remount && c.read_only && c.vfs(libc::MS_NOSUID) && c.unknown.is_empty());
+        assert!(finish(&c).unwrap_err().contains("mount point"));
+        c.mountpoint = "/m".into();
+        assert!(finish(&c).is_ok());
+    }
+
+    #[test]
     fn bad_values_name_the_option() {
         for (o, want) in [
             ("threads=abc", "threads"),
