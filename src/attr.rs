@@ -203,6 +203,9 @@ impl Union {
     }
 
     pub fn setattr(&self, node: &Node, mut sa: SetAttr, who: Writer) -> Result<Stat> {
+        if !self.writable {
+            return Err(Errno::ROFS);
+        }
         let only_mode =
             sa.uid.is_none() && sa.gid.is_none() && sa.size.is_none() && sa.atime.is_none() && sa.mtime.is_none();
         if self.killpriv.load(Ordering::Relaxed) && sa.mode.is_none() && node.kind() == FileType::RegularFile {
@@ -387,6 +390,9 @@ impl Union {
     }
 
     pub fn setxattr(&self, node: &Node, name: &OsStr, value: &[u8], flags: i32, who: Writer) -> Result<()> {
+        if !self.writable {
+            return Err(Errno::ROFS);
+        }
         if whiteout::is_internal_xattr(name) {
             return Err(Errno::PERM);
         }
@@ -408,6 +414,9 @@ impl Union {
     }
 
     pub fn removexattr(&self, node: &Node, name: &OsStr) -> Result<()> {
+        if !self.writable {
+            return Err(Errno::ROFS);
+        }
         if whiteout::is_internal_xattr(name) {
             return Err(Errno::NODATA);
         }
@@ -421,7 +430,7 @@ impl Union {
     /// access(2): permissions are checked by the kernel (default_permissions); what
     /// is left is existence and the read-only case.
     pub fn access(&self, node: &Node, mask: i32) -> Result<()> {
-        if mask & libc::W_OK != 0 && !self.has_upper {
+        if mask & libc::W_OK != 0 && !self.writable {
             return Err(Errno::ROFS);
         }
         self.stat_node(node).map(|_| ())

@@ -56,8 +56,16 @@ pub struct Config {
     /// Kernel entry/attr cache timeout.
     pub timeout: Duration,
     pub whiteout_form: WhiteoutForm,
-    /// Read-only mount even with an upper (`ro`).
+    /// Read-only mount (`ro`): with an upper, the upper is shown but never written.
     pub read_only: bool,
+    /// VFS mount flags (`MS_*`) asked for with mount(8) options (`nosuid`, `nodev`,
+    /// `noexec`, `noatime`, ...), applied to the FUSE mount; `ro` is `read_only`.
+    pub vfs_set: u64,
+    /// Flags explicitly turned off (`suid`, `dev`, `exec`, `atime`, ...).
+    pub vfs_clear: u64,
+    /// `remount`: change the flags of the strata mount already at the mount point
+    /// (what mount(8) asks through mount.fuse3 for `mount -o remount,...`).
+    pub remount: bool,
     /// Source name shown in the mount table (`fsname=`).
     pub fsname: Option<String>,
     /// Options that were not understood; warned about and ignored.
@@ -88,6 +96,9 @@ impl Default for Config {
             timeout: Duration::from_secs(86400),
             whiteout_form: WhiteoutForm::Both,
             read_only: false,
+            vfs_set: 0,
+            vfs_clear: 0,
+            remount: false,
             fsname: None,
             unknown: Vec::new(),
         }
@@ -190,35 +201,65 @@ fn need<'a>(key: &str, v: Option<&'a str>) -> Result<&'a str, String> {
     v.ok_or_else(|| format!("option '{key}' needs a value"))
 }
 
-/// Ordinary mount(8)/fstab flags that mean nothing to strata itself.
+/// Ordinary mount(8)/fstab options that mean nothing to the mount itself.
 const IGNORED: &[&str] = &[
     "defaults",
-    "dev",
-    "nodev",
-    "suid",
-    "nosuid",
-    "exec",
-    "noexec",
-    "atime",
-    "noatime",
-    "relatime",
-    "strictatime",
-    "nodiratime",
-    "diratime",
-    "async",
-    "sync",
-    "dirsync",
     "auto",
     "noauto",
     "user",
     "nouser",
     "users",
+    "owner",
+    "group",
     "nofail",
     "_netdev",
-    "rw",
-    "lazytime",
-    "nolazytime",
+    "silent",
+    "loud",
+    "mand",
+    "nomand",
+    "iversion",
+    "noiversion",
 ];
+
+/// The VFS mount flags mount(8) knows, by option name: (flags set, flags cleared).
+fn vfs_flag(name: &str) -> Option<(u64, u64)> {
+    use libc::{
+        MS_DIRSYNC, MS_LAZYTIME, MS_NOATIME, MS_NODEV, MS_NODIRATIME, MS_NOEXEC, MS_NOSUID, MS_NOSYMFOLLOW,
+        MS_RELATIME, MS_STRICTATIME, MS_SYNCHRONOUS,
+    };
+    let times = MS_NOATIME | MS_RELATIME | MS_STRICTATIME;
+    Some(match name {
+        "nosuid" => (MS_NOSUID, 0),
+        "suid" => (0, MS_NOSUID),
+        "nodev" => (MS_NODEV, 0),
+        "dev" => (0, MS_NODEV),
+        "noexec" => (MS_NOEXEC, 0),
+        "exec" => (0, MS_NOEXEC),
+        "noatime" => (MS_NOATIME, times & !MS_NOATIME),
+        "atime" => (0, MS_NOATIME),
+        "relatime" => (MS_RELATIME, times & !MS_RELATIME),
+        "norelatime" => (0, MS_RELATIME),
+        "strictatime" => (MS_STRICTATIME, times & !MS_STRICTATIME),
+        "nostrictatime" => (0, MS_STRICTATIME),
+        "nodiratime" => (MS_NODIRATIME, 0),
+        "diratime" => (0, MS_NODIRATIME),
+        "lazytime" => (MS_LAZYTIME, 0),
+        "nolazytime" => (0, MS_LAZYTIME),
+        "sync" => (MS_SYNCHRONOUS, 0),
+        "async" => (0, MS_SYNCHRONOUS),
+        "dirsync" => (MS_DIRSYNC, 0),
+        "nosymfollow" => (MS_NOSYMFOLLOW, 0),
+        "symfollow" => (0, MS_NOSYMFOLLOW),
+        _ => return None,
+    })
+}
+
+impl Config {
+    /// Whether VFS flag `MS_*` `f` was asked for.
+    pub fn vfs(&self, f: u64) -> bool {
+        self.vfs_set & f != 0
+    }
+}
 
 /// Applies one `-o` option string (`a=b,c,...`) to `cfg`.
 pub fn apply_opts(cfg: &mut Config, opts: &str) -> Result<(), String> {
@@ -279,6 +320,16 @@ pub fn apply_opts(cfg: &mut Config, opts: &str) -> Result<(), String> {
                 }
             }
             "ro" => cfg.read_only = true,
+            "rw" => cfg.read_only = false,
+            "remount" => cfg.remount = true,
+            // What mount(8) repeats from the mount table on a remount: the kernel's
+            // own FUSE options.
+            "user_id" | "group_id" | "rootmode" | "max_read" | "blksize" => {}
+            k if val.is_none() && vfs_flag(k).is_some() => {
+                let (set, clear) = vfs_flag(k).unwrap_or_default();
+                cfg.vfs_set = (cfg.vfs_set | set) & !clear;
+                cfg.vfs_clear = (cfg.vfs_clear | clear) & !set;
+            }
             "whiteout" => {
                 cfg.whiteout_form = match need(key, val)? {
                     "both" => WhiteoutForm::Both,
@@ -324,6 +375,12 @@ pub fn apply_opts(cfg: &mut Config, opts: &str) -> Result<(), String> {
 
 /// Checks a complete configuration.
 pub fn finish(cfg: &Config) -> Result<(), String> {
+    if cfg.remount {
+        return match cfg.mountpoint.as_os_str().is_empty() {
+            true => Err("no mount point given".into()),
+            false => Ok(()),
+        };
+    }
     if cfg.lowers.is_empty() {
         return Err("no lower layer given (use -o lowerdir=DIR[:DIR...] or --lower DIR)".into());
     }
@@ -473,6 +530,39 @@ mod tests {
     fn unknown_and_ignored_options() {
         let c = parse("lowerdir=/l,nodev,x-systemd.automount,frobnicate,noatime,bogus=1");
         assert_eq!(c.unknown, vec!["frobnicate".to_string(), "bogus=1".into()]);
+    }
+
+    #[test]
+    fn vfs_flags_later_wins() {
+        let c = parse("lowerdir=/l,nosuid,nodev,noexec,noatime,nodiratime,sync,dirsync,ro");
+        for f in [
+            libc::MS_NOSUID,
+            libc::MS_NODEV,
+            libc::MS_NOEXEC,
+            libc::MS_NOATIME,
+            libc::MS_NODIRATIME,
+            libc::MS_SYNCHRONOUS,
+            libc::MS_DIRSYNC,
+        ] {
+            assert!(c.vfs(f), "{f:x}");
+        }
+        assert!(c.read_only && c.unknown.is_empty());
+        let c = parse("lowerdir=/l,nosuid,noatime,suid,strictatime,ro,rw,exec");
+        assert!(!c.vfs(libc::MS_NOSUID) && c.vfs_clear & libc::MS_NOSUID != 0);
+        assert!(!c.vfs(libc::MS_NOATIME) && c.vfs(libc::MS_STRICTATIME));
+        assert!(!c.read_only && c.vfs_clear & libc::MS_NOEXEC != 0);
+        let c = parse("lowerdir=/l,relatime,lazytime,nosymfollow,defaults,_netdev");
+        assert!(c.vfs(libc::MS_RELATIME) && c.vfs(libc::MS_LAZYTIME) && c.vfs(libc::MS_NOSYMFOLLOW));
+        assert!(c.unknown.is_empty());
+    }
+
+    #[test]
+    fn remount_needs_only_a_mount_point() {
+        let mut c = parse("ro,nosuid,nodev,remount,user_id=0,group_id=0,default_permissions,allow_other");
+        assert!(c.remount && c.read_only && c.vfs(libc::MS_NOSUID) && c.unknown.is_empty());
+        assert!(finish(&c).unwrap_err().contains("mount point"));
+        c.mountpoint = "/m".into();
+        assert!(finish(&c).is_ok());
     }
 
     #[test]

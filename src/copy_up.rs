@@ -63,8 +63,24 @@ impl Work {
         }
         // Only the daemon's user may plant or remove index entries.
         std::fs::set_permissions(&index, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        Self::open_index(fd, &index, true)
+    }
+
+    /// For a read-only mount (`ro`) of a stack with an upper: reads the index of `dir`,
+    /// if there is one, changing nothing (another mount may be using the same work dir).
+    /// Nothing is ever staged: every operation that would copy up is refused first.
+    pub fn open_read_only(dir: &Path) -> std::io::Result<Option<Work>> {
+        let index = dir.join(INDEX);
+        if !index.is_dir() {
+            return Ok(None);
+        }
+        let fd = rfs::open(dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        Self::open_index(fd, &index, false).map(Some)
+    }
+
+    fn open_index(fd: OwnedFd, index: &Path, tidy: bool) -> std::io::Result<Work> {
         let index = rfs::open(
-            &index,
+            index,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
@@ -72,9 +88,10 @@ impl Work {
         let mut indexed = HashMap::new();
         for (n, _, _) in layer::read_dir(index.as_fd())? {
             match layer::stat_at(index.as_fd(), &n)? {
-                Some(st) if st.st_nlink <= 1 => {
+                Some(st) if st.st_nlink <= 1 && tidy => {
                     let _ = rfs::unlinkat(&index, &n, AtFlags::empty());
                 }
+                Some(st) if st.st_nlink <= 1 => {}
                 Some(st) => {
                     let fd = layer::open_path(index.as_fd(), &n)?;
                     let names = layer::get_xattr(fd.as_fd(), OsStr::new(&names_xattr()))?
@@ -336,7 +353,7 @@ impl Union {
     }
 
     fn copy_up_with(&self, node: &Node, fill: Fill) -> Result<()> {
-        if !self.has_upper {
+        if !self.writable {
             return Err(Errno::ROFS);
         }
         if node.top() == 0 {

@@ -93,6 +93,28 @@ fn has_upper_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool> {
     Ok(layer::stat_at(dir, &whiteout::whiteout_name(name))?.is_some())
 }
 
+/// Before `name` is made in the upper directory `dir`: an overlayfs-style whiteout
+/// there (a character device 0/0, as fuse-overlayfs writes) is turned into the AUFS
+/// form, which strata handles everywhere. `.wh.NAME` is written before the device goes,
+/// so a crash in between leaves the name hidden. A name too long for `.wh.NAME` has
+/// the device removed only: what replaces it hides the lower entry in turn (a
+/// directory made over it is made opaque, see `create_entry`). Returns whether there
+/// was one.
+fn convert_overlay_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool> {
+    match layer::stat_at(dir, name)? {
+        Some(st) if whiteout::is_overlay_whiteout(&st) && !whiteout::is_marked_device(dir, name) => {
+            if !whiteout_too_long(name) {
+                write_whiteout(dir, name)?;
+            }
+            match rfs::unlinkat(dir, name, AtFlags::empty()) {
+                Ok(()) | Err(Errno::NOENT) => Ok(true),
+                Err(e) => Err(e),
+            }
+        }
+        _ => Ok(false),
+    }
+}
+
 impl Union {
     /// Whether a layer below the upper still shows `name` in the directory `parent`.
     fn lower_has(&self, parent: &State, ppath: &Path, name: &OsStr) -> Result<bool> {
@@ -166,7 +188,7 @@ impl Union {
         if whiteout::is_reserved(name) {
             return Err(Errno::PERM);
         }
-        if !self.has_upper {
+        if !self.writable {
             return Err(Errno::ROFS);
         }
         let _ns = self.ns.read_recursive();
@@ -180,7 +202,8 @@ impl Union {
         let upper = self.upper().ok_or(Errno::ROFS)?;
         let dir = upper.dir(&ppath)?.ok_or(Errno::NOENT)?;
         let dir = dir.as_fd();
-        let had_whiteout = has_upper_whiteout(dir, name)?;
+        let overlay_whiteout = self.forms[0].overlay && convert_overlay_whiteout(dir, name)?;
+        let had_whiteout = overlay_whiteout || has_upper_whiteout(dir, name)?;
         // The daemon runs with umask 0: the backing filesystem applies a default ACL
         // of the upper directory itself; without one, the caller's umask applies.
         let inherited_acl = default_acl(dir);
@@ -204,7 +227,13 @@ impl Union {
         let mut fd = None;
         match what {
             NewEntry::File { mode, flags } => {
+                let noatime = if self.layers[0].noatime {
+                    OFlags::NOATIME
+                } else {
+                    OFlags::empty()
+                };
                 let f = OFlags::from_bits_retain((flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY)) as u32)
+                    | noatime
                     | OFlags::CREATE
                     | OFlags::EXCL
                     | OFlags::NOFOLLOW
@@ -243,6 +272,26 @@ impl Union {
                 rfs::mkdirat(dir, name, Mode::from_raw_mode(mode & 0o7777))?;
                 self.give_to(dir, name, who, Some(mode))?;
             }
+            NewEntry::Node { mode, rdev: 0 } if FileType::from_raw_mode(mode) == FileType::CharacterDevice => {
+                // The overlayfs form of a whiteout: made with its marker (see
+                // `whiteout::DEVICE_XATTR`) in the work dir, then moved into place, so
+                // that it never shows as a deletion.
+                let work = self.work.as_ref().ok_or(Errno::ROFS)?;
+                let tmp = work.temp_name();
+                let made = (|| {
+                    let m = Mode::from_raw_mode(mode & 0o7777);
+                    rfs::mknodat(work.fd(), &tmp, FileType::CharacterDevice, m, 0)?;
+                    let fd = layer::open_path(work.fd(), &tmp)?;
+                    let marker = OsStr::new(whiteout::DEVICE_XATTR);
+                    layer::set_xattr(fd.as_fd(), marker, b"y", rfs::XattrFlags::empty()).map_err(|_| Errno::PERM)?;
+                    self.give_to_in(dir, work.fd(), &tmp, who, Some(mode))?;
+                    rfs::renameat_with(work.fd(), &tmp, dir, name, RenameFlags::NOREPLACE)
+                })();
+                if let Err(e) = made {
+                    work.discard(&tmp);
+                    return Err(e);
+                }
+            }
             NewEntry::Node { mode, rdev } => {
                 let kind = FileType::from_raw_mode(mode);
                 rfs::mknodat(dir, name, kind, Mode::from_raw_mode(mode & 0o7777), rdev)?;
@@ -267,7 +316,7 @@ impl Union {
         if whiteout::is_reserved(newname) {
             return Err(Errno::PERM);
         }
-        if !self.has_upper {
+        if !self.writable {
             return Err(Errno::ROFS);
         }
         let _ns = self.ns.read_recursive();
@@ -284,6 +333,9 @@ impl Union {
         let (sp, sn) = split(&src);
         let sdir = upper.dir(sp)?.ok_or(Errno::NOENT)?;
         let ddir = upper.dir(&np.path()?)?.ok_or(Errno::NOENT)?;
+        if self.forms[0].overlay {
+            convert_overlay_whiteout(ddir.as_fd(), newname)?;
+        }
         rfs::linkat(sdir.as_fd(), sn, ddir.as_fd(), newname, AtFlags::empty())?;
         drop_whiteout(ddir.as_fd(), newname);
         let st = layer::stat_at(ddir.as_fd(), newname)?.ok_or(Errno::NOENT)?;
@@ -298,7 +350,7 @@ impl Union {
 
     /// unlink(2) and rmdir(2).
     pub fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> Result<()> {
-        if !self.has_upper {
+        if !self.writable {
             return Err(Errno::ROFS);
         }
         // A name too long for a whiteout may need its whole directory brought up (see
@@ -449,7 +501,7 @@ impl Union {
         if whiteout::is_reserved(newname) {
             return Err(Errno::PERM);
         }
-        if !self.has_upper {
+        if !self.writable {
             return Err(Errno::ROFS);
         }
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
@@ -516,6 +568,9 @@ impl Union {
         let sdir = upper.dir(&ppath)?.ok_or(Errno::NOENT)?;
         let ddir = upper.dir(&nppath)?.ok_or(Errno::NOENT)?;
         let (sdir, ddir) = (sdir.as_fd(), ddir.as_fd());
+        if !exchange && dst.is_none() && self.forms[0].overlay {
+            convert_overlay_whiteout(ddir, newname)?;
+        }
         if !exchange {
             if let Some(d) = &dst {
                 if d.state.kind == FileType::Directory && d.state.layers[0] == 0 {

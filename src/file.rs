@@ -177,6 +177,9 @@ impl Union {
         let write = wants_write(flags);
         // Write-only opens of regular files leave the data below until it is written.
         let lazy = flags & libc::O_ACCMODE == libc::O_WRONLY && node.kind() == FileType::RegularFile;
+        if write && !self.writable {
+            return Err(Errno::ROFS);
+        }
         if write {
             let _ns = self.ns.read_recursive();
             if flags & libc::O_TRUNC != 0 {

@@ -38,6 +38,9 @@ pub struct Layer {
     /// stack costs one `fstatat` in each layer instead of a walk from its root. The
     /// fds are only used with `*at` calls (never read from: see `read_dir`).
     dirs: Option<Mutex<Lru<PathBuf, KeptDir>>>,
+    /// Files of this (upper) layer are opened without updating their access time
+    /// (`noatime`), where that is allowed.
+    pub noatime: bool,
 }
 
 /// A lower directory kept open, or why the layer has none at that path.
@@ -93,6 +96,7 @@ impl Layer {
             root,
             dev: st.st_dev,
             dirs: None,
+            noatime: false,
         })
     }
 
@@ -188,7 +192,7 @@ impl Layer {
         let flags = flags | OFlags::NONBLOCK;
         let (parent, name) = split(rel);
         let d = self.dir(parent)?.ok_or(Errno::NOENT)?;
-        if self.is_upper {
+        if self.is_upper && !self.noatime {
             rfs::openat(
                 d.as_fd(),
                 name,

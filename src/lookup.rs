@@ -94,7 +94,7 @@ impl Union {
             };
         }
         match layer.stat(&rel)? {
-            Some(st) if forms.overlay && whiteout::is_overlay_whiteout(&st) => Ok(Probe::Whiteout),
+            Some(st) if self.is_whiteout_dev(l, parent, name, &st) => Ok(Probe::Whiteout),
             Some(st) => {
                 let kind = layer::file_type(&st);
                 let opaque = kind == FileType::Directory && self.is_opaque_dir(l, &rel)?;
@@ -128,7 +128,7 @@ impl Union {
         let mut stat = None;
         if want_stat || kind == FileType::Unknown || (forms.overlay && kind == FileType::CharacterDevice) {
             let st = e.stat(layer, parent)?;
-            if forms.overlay && whiteout::is_overlay_whiteout(&st) {
+            if self.is_whiteout_dev(l, parent, name, &st) {
                 return Ok(Probe::Whiteout);
             }
             kind = layer::file_type(&st);
@@ -136,6 +136,22 @@ impl Union {
         }
         let opaque = kind == FileType::Directory && self.is_opaque_dir(l, &parent.join(name))?;
         Ok(Probe::Entry { kind, stat, opaque })
+    }
+
+    /// Whether `name` in directory `parent` of layer `l`, of stat `st`, is an
+    /// overlayfs-style whiteout there: a character device 0/0 where that form is
+    /// read, unless made through the mount (marked, in the upper).
+    pub fn is_whiteout_dev(&self, l: usize, parent: &Path, name: &OsStr, st: &Stat) -> bool {
+        if !self.forms[l].overlay || !whiteout::is_overlay_whiteout(st) {
+            return false;
+        }
+        if !self.layers[l].is_upper {
+            return true;
+        }
+        match self.layers[l].dir(parent) {
+            Ok(Some(d)) => !whiteout::is_marked_device(d.as_fd(), name),
+            _ => true,
+        }
     }
 
     /// Type and stat of `name` in directory `parent` of layer `l`, if it holds one.

@@ -20,8 +20,12 @@ volatile, fsync=0    copy-ups are not fsynced before they appear (default: they 
 metacopy=on|off      chmod/chown/touch of a large lower file copies metadata only (default off)\n  \
 timeout=SECS         kernel cache time for names and attributes (default 86400)\n  \
 uidmapping=C:H:N:..., gidmapping=..., squash_to_uid=N, squash_to_gid=N, squash_to_root\n  \
-allow_other, nodefault_permissions, ro, threads=N, passthrough=0|1,\n  \
-whiteout=both|aufs|overlay (markers honoured in lower layers), debug, fsname=NAME\n\
+allow_other, nodefault_permissions, threads=N, passthrough=0|1,\n  \
+ro                   read-only; an upper is shown, never written (EROFS)\n  \
+nosuid, nodev, noexec, noatime, nodiratime, relatime, strictatime, lazytime, sync,\n  \
+dirsync, nosymfollow (and suid, dev, exec, atime, rw...): mount flags, as mount(8)\n  \
+remount              change the flags of the strata mount at MOUNTPOINT (as root)\n  \
+whiteout=both|aufs|overlay (markers honoured; see README), debug, fsname=NAME\n\
 Unknown options are reported and ignored.\n\n\
 Logs: -d, or RUST_LOG (e.g. RUST_LOG=strata=debug).\n\n\
 SUBCOMMANDS (each with --help):\n  \
@@ -51,7 +55,7 @@ struct Cli {
     /// Debug logs on stderr (implies --foreground)
     #[arg(short, long)]
     debug: bool,
-    /// FUSE worker threads (default: number of CPUs, 2 to 8)
+    /// FUSE worker threads (default: four times the number of CPUs, 8 to 16)
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
     /// Print the version
@@ -118,7 +122,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    for u in &cfg.unknown {
+    for u in cfg.unknown.iter().filter(|_| !cfg.remount) {
         eprintln!("strata: warning: ignoring unknown option '{u}'");
     }
     if cfg.metacopy && !rustix::process::geteuid().is_root() {
@@ -127,7 +131,11 @@ fn main() {
         eprintln!("strata: warning: metacopy=on needs root (trusted.* xattrs); copying up data in full");
         cfg.metacopy = false;
     }
-    if let Err(e) = strata::mount::run(cfg) {
+    let res = match cfg.remount {
+        true => strata::mount::remount(&cfg),
+        false => strata::mount::run(cfg),
+    };
+    if let Err(e) = res {
         eprintln!("strata: {e}");
         std::process::exit(1);
     }

@@ -35,11 +35,37 @@ fn fuse_config(u: &Union) -> fuser::Config {
     if cfg.default_permissions {
         c.mount_options.push(O::DefaultPermissions);
     }
-    if !u.has_upper {
+    if !u.has_upper || cfg.read_only {
         c.mount_options.push(O::RO);
     }
-    if rustix::process::geteuid().is_root() {
-        c.mount_options.extend([O::Dev, O::Suid]);
+    // The VFS flags asked for (`nosuid`, `nodev`, `noexec`, `noatime`, ...). Mounted by
+    // root, `mount_fuse` gives them all to mount(2). Otherwise fusermount3 mounts, and
+    // always adds nosuid,nodev; it knows only some flags by name (3.14: not the
+    // others below), and an unprivileged user cannot change a mount's flags afterwards.
+    for (f, o) in [
+        (libc::MS_NOSUID, O::NoSuid),
+        (libc::MS_NODEV, O::NoDev),
+        (libc::MS_NOEXEC, O::NoExec),
+        (libc::MS_NOATIME, O::NoAtime),
+        (libc::MS_SYNCHRONOUS, O::Sync),
+        (libc::MS_DIRSYNC, O::DirSync),
+    ] {
+        if cfg.vfs(f) {
+            c.mount_options.push(o);
+        }
+    }
+    if !rustix::process::geteuid().is_root() {
+        // relatime is what such a mount gets anyway.
+        for (f, name) in [
+            (libc::MS_NODIRATIME, "nodiratime"),
+            (libc::MS_STRICTATIME, "strictatime"),
+            (libc::MS_LAZYTIME, "lazytime"),
+            (libc::MS_NOSYMFOLLOW, "nosymfollow"),
+        ] {
+            if cfg.vfs(f) {
+                eprintln!("strata: warning: '{name}' cannot be applied to a mount by an unprivileged user (fusermount3): not applied");
+            }
+        }
     }
     // Mounted by root (a system or container mount), every user of the system may use
     // it, with the kernel checking permissions, as fuse-overlayfs does.
@@ -106,11 +132,12 @@ fn serve(union: Union, notify: Option<OwnedFd>) -> Result<(), String> {
     let mountpoint = union.cfg.mountpoint.clone();
     let fsname = union.cfg.fsname.clone().unwrap_or_else(|| "strata".into());
     let config = fuse_config(&union);
+    let flags = mount_flags(&union);
     let signals = block_signals();
     let notifier = union.notifier.clone();
     let fs = crate::fs::StrataFs::new(union);
     let mounted = if rustix::process::geteuid().is_root() {
-        mount_fuse(fs, &mountpoint, &fsname, &config)
+        mount_fuse(fs, &mountpoint, &fsname, &config, flags)
     } else {
         fuser::Session::new(fs, &mountpoint, &config).map(|s| (s, false))
     };
@@ -179,6 +206,41 @@ fn serve(union: Union, notify: Option<OwnedFd>) -> Result<(), String> {
     }
 }
 
+/// `-o remount,...`: sets the flags of the strata mount at the mount point to those
+/// given (mount(8) passes them all, the ones kept and the ones changed), `ro` or `rw`
+/// included, as mount(2) does for a remount. No second daemon is started.
+pub fn remount(cfg: &Config) -> Result<(), String> {
+    use rustix::mount::MountFlags;
+    let mp = &cfg.mountpoint;
+    let fs = rustix::fs::statfs(mp).map_err(|e| format!("remount {}: {}", mp.display(), e))?;
+    // FUSE_SUPER_MAGIC
+    if fs.f_type as i64 != 0x6573_5546 {
+        return Err(format!("remount {}: not a FUSE (strata) mount", mp.display()));
+    }
+    if !rustix::process::geteuid().is_root() {
+        return Err(format!(
+            "remount {}: changing a mount's flags needs root; unmount and mount again instead",
+            mp.display()
+        ));
+    }
+    let mut flags = MountFlags::from_bits_retain(cfg.vfs_set as std::ffi::c_uint);
+    if cfg.read_only {
+        flags |= MountFlags::RDONLY;
+    }
+    rustix::mount::mount_remount(mp, flags, "").map_err(|e| format!("remount {}: {}", mp.display(), e))
+}
+
+/// The mount(2) flags of the FUSE mount: read-only without an upper or with `ro`, and
+/// the VFS flags asked for. Without any, mount(2) makes it suid, dev, exec, relatime.
+fn mount_flags(u: &Union) -> rustix::mount::MountFlags {
+    use rustix::mount::MountFlags;
+    let mut f = MountFlags::from_bits_retain(u.cfg.vfs_set as std::ffi::c_uint);
+    if !u.has_upper || u.cfg.read_only {
+        f |= MountFlags::RDONLY;
+    }
+    f
+}
+
 /// Mounts the FUSE connection itself, as filesystem type `fuse.strata` (so that the
 /// mount table, findmnt and `umount -t` know it), then takes the kernel's INIT.
 /// Returns the session and whether strata owns the mount (true here).
@@ -187,8 +249,9 @@ fn mount_fuse(
     mountpoint: &Path,
     fsname: &str,
     config: &fuser::Config,
+    flags: rustix::mount::MountFlags,
 ) -> std::io::Result<(fuser::Session<crate::fs::StrataFs>, bool)> {
-    use rustix::mount::{mount, unmount, MountFlags, UnmountFlags};
+    use rustix::mount::{mount, unmount, UnmountFlags};
     let dev = rustix::fs::open(
         "/dev/fuse",
         rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
@@ -200,13 +263,8 @@ fn mount_fuse(
         std::os::fd::AsRawFd::as_raw_fd(&dev),
         root.st_mode & libc::S_IFMT
     );
-    let mut flags = MountFlags::empty();
-    for o in &config.mount_options {
-        match o {
-            fuser::MountOption::DefaultPermissions => data.push_str(",default_permissions"),
-            fuser::MountOption::RO => flags |= MountFlags::RDONLY,
-            _ => {}
-        }
+    if config.mount_options.contains(&fuser::MountOption::DefaultPermissions) {
+        data.push_str(",default_permissions");
     }
     if config.acl != fuser::SessionACL::Owner {
         data.push_str(",allow_other");

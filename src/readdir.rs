@@ -174,7 +174,7 @@ impl Union {
                             None => continue,
                         },
                     };
-                    if forms.overlay && whiteout::is_overlay_whiteout(&s) {
+                    if self.is_whiteout_dev(l, path, name, &s) {
                         seen.insert(name.to_os_string());
                         continue;
                     }

@@ -28,6 +28,9 @@ pub struct Union {
     pub layers: Vec<Layer>,
     pub forms: Vec<Forms>,
     pub has_upper: bool,
+    /// There is an upper and the mount is not read-only (`ro`): the only case in
+    /// which anything is written.
+    pub writable: bool,
     pub work: Option<Work>,
     pub table: InodeTable,
     pub files: Handles,
@@ -59,18 +62,26 @@ fn nested(a: &Path, b: &Path) -> bool {
 
 impl Union {
     /// Checks the configuration and opens everything. Errors name the path and reason.
-    pub fn new(cfg: Config) -> Result<Union, String> {
+    pub fn new(mut cfg: Config) -> Result<Union, String> {
         if cfg.lowers.is_empty() {
             return Err("no lower layer given (use -o lowerdir=DIR[:DIR...] or --lower DIR)".into());
         }
         let mut layers = Vec::new();
         let mut canon = Vec::new();
-        let upper = if cfg.read_only { None } else { cfg.upper.clone() };
+        // Under `noatime` a read must not change the shown access time, which is the
+        // upper file's: strata opens upper files with O_NOATIME, and reads do not pass
+        // through (the kernel opens a passthrough backing file without O_NOATIME).
+        // A read-only mount leaves the upper as it finds it, access times included.
+        let noatime = cfg.vfs(libc::MS_NOATIME) || cfg.read_only;
+        if noatime {
+            cfg.passthrough = false;
+        }
+        let upper = cfg.upper.clone();
         if let Some(u) = &upper {
             layers.push(Layer::open(0, true, u).map_err(|e| format!("upper layer {e}"))?);
             canon.push(canonical(u)?);
             let vfs = rustix::fs::fstatvfs(layers[0].root()).map_err(|e| format!("{}: {}", u.display(), e))?;
-            if vfs.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY) {
+            if vfs.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY) && !cfg.read_only {
                 return Err(format!("upper layer {}: on a read-only filesystem", u.display()));
             }
         }
@@ -112,9 +123,16 @@ impl Union {
             }
         }
         let work = match &upper {
+            Some(u) if cfg.read_only => {
+                let d = cfg.workdir.clone().unwrap_or_else(|| u.join(whiteout::WORK_IN_UPPER));
+                Work::open_read_only(&d).map_err(|e| format!("work dir {}: {}", d.display(), e))?
+            }
             Some(u) => Some(open_work(&cfg, u, &layers[0], &canon)?),
             None => None,
         };
+        if let Some(u) = layers.first_mut().filter(|l| l.is_upper) {
+            u.noatime = noatime;
+        }
         let forms: Vec<Forms> = layers
             .iter()
             .map(|l| Forms::for_layer(l.is_upper, cfg.whiteout_form))
@@ -138,6 +156,7 @@ impl Union {
         let ttl = cfg.timeout;
         Ok(Union {
             has_upper: upper.is_some(),
+            writable: upper.is_some() && !cfg.read_only,
             cfg,
             layers,
             forms,

@@ -2,12 +2,16 @@
 //!
 //! Written (upper only), AUFS form: an empty regular file `.wh.NAME` hides NAME below;
 //! an empty regular file `.wh..wh..opq` inside a directory hides everything below it.
-//! Read in lowers: the AUFS form and the overlayfs form (a character device 0/0 named
+//! Read in every layer, the upper included (fuse-overlayfs and the kernel's overlayfs
+//! write it there): the AUFS form and the overlayfs form (a character device 0/0 named
 //! NAME; `trusted.overlay.opaque` or `user.overlay.opaque` = `y` on a directory).
-//! Names starting with `.wh.` are reserved: never visible, never creatable.
+//! `whiteout=aufs|overlay` narrows what is read in lowers; in the upper the AUFS form
+//! is always read, the overlayfs form unless `whiteout=aufs`.
+//! Names starting with `.wh.` are reserved: never visible, never creatable. A
+//! character device 0/0 made through the mount carries `DEVICE_XATTR` in the upper.
 
 use std::ffi::{OsStr, OsString};
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use rustix::fs::{FileType, Stat};
@@ -47,6 +51,18 @@ pub fn is_overlay_whiteout(st: &Stat) -> bool {
     FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice && st.st_rdev == 0
 }
 
+/// Marks a character device 0/0 made through the mount (`mknod NAME c 0 0`) in the
+/// upper: a device, not a whiteout. Another mounter reads it as a whiteout.
+pub const DEVICE_XATTR: &str = "trusted.strata.device";
+
+/// Whether the character device 0/0 `name` in `dir` carries `DEVICE_XATTR`.
+pub fn is_marked_device(dir: BorrowedFd<'_>, name: &OsStr) -> bool {
+    layer::open_path(dir, name)
+        .ok()
+        .and_then(|fd| layer::get_xattr(fd.as_fd(), OsStr::new(DEVICE_XATTR)).ok().flatten())
+        .is_some()
+}
+
 /// How a layer marks things, given its position and the configured forms.
 #[derive(Clone, Copy)]
 pub struct Forms {
@@ -57,10 +73,11 @@ pub struct Forms {
 impl Forms {
     pub fn for_layer(is_upper: bool, form: WhiteoutForm) -> Forms {
         if is_upper {
-            // In the upper only the AUFS form is a marker.
+            // strata writes the AUFS form; other mounters of the same upper write the
+            // overlayfs form.
             return Forms {
                 aufs: true,
-                overlay: false,
+                overlay: form != WhiteoutForm::Aufs,
             };
         }
         match form {

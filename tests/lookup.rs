@@ -214,12 +214,23 @@ fn char_device_0_0_made_through_the_mount_is_an_ordinary_device() {
     assert_eq!(st.rdev(), 0);
     assert!(names(m.path()).contains(&"dev".to_string()));
     assert!(is_whiteout_char(&fx.upper().p("dev")));
+    // Marked as made through the mount (the upper reads other char 0/0 as whiteouts),
+    // and the marker is not shown.
+    assert_eq!(get_xattr(&fx.upper().p("dev"), "trusted.strata.device").unwrap(), b"y");
+    assert!(list_xattr(&m.p("dev")).unwrap().is_empty());
 
     // Even in place of a lower file (which is first whited out) it stays a device.
     fs::remove_file(m.p("shadowed")).unwrap();
     mknod(&m.p("shadowed"), libc::S_IFCHR | 0o600, 0, 0).unwrap();
     assert_eq!(meta(&m.p("shadowed")).mode() & libc::S_IFMT, libc::S_IFCHR);
     assert_eq!(names(m.path()), strs(&["dev", "shadowed"]));
+    // Renamed, linked and after a remount too.
+    fs::rename(m.p("dev"), m.p("dev2")).unwrap();
+    fs::hard_link(m.p("dev2"), m.p("dev3")).unwrap();
+    m.finish();
+    let m = fx.mount();
+    assert_eq!(names(m.path()), strs(&["dev2", "dev3", "shadowed"]));
+    assert_eq!(meta(&m.p("shadowed")).rdev(), 0);
     m.finish();
 }
 

@@ -80,12 +80,26 @@ impl Fixture {
     }
 
     fn fstype(&self) -> Option<String> {
+        self.field(2)
+    }
+
+    /// Field `i` of the mount's line in /proc/self/mounts.
+    fn field(&self, i: usize) -> Option<String> {
         let m = self.p("m");
         fs::read_to_string("/proc/self/mounts")
             .unwrap()
             .lines()
             .find(|l| l.split(' ').nth(1) == Some(m.to_str().unwrap()))
-            .map(|l| l.split(' ').nth(2).unwrap().to_string())
+            .map(|l| l.split(' ').nth(i).unwrap().to_string())
+    }
+
+    /// Asserts that the mount carries each of the VFS flags `want`.
+    fn assert_flags(&self, how: &str, want: &[&str]) {
+        let opts = self.field(3).unwrap_or_default();
+        let opts: Vec<&str> = opts.split(',').collect();
+        for w in want {
+            assert!(opts.contains(w), "{how}: {w} is not applied: {opts:?}");
+        }
     }
 
     /// The merged view works, then `umount` takes it away.
@@ -150,7 +164,7 @@ fn mount_t_strata_fstab_and_fuse_strata() {
         "strata",
         m.to_str().unwrap(),
         "-o",
-        &format!("{},nofail,x-test=1", f.opts()),
+        &format!("{},nofail,x-test=1,nosuid,nodev,noexec,noatime", f.opts()),
     ]);
     assert!(
         out.status.success(),
@@ -158,6 +172,7 @@ fn mount_t_strata_fstab_and_fuse_strata() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(f.fstype().as_deref(), Some("fuse.strata"));
+    f.assert_flags("mount -t strata", &["rw", "nosuid", "nodev", "noexec", "noatime"]);
     f.check_and_unmount();
 
     // an fstab line
@@ -166,7 +181,11 @@ fn mount_t_strata_fstab_and_fuse_strata() {
     let fstab = f.p("fstab");
     fs::write(
         &fstab,
-        format!("strata {} strata {},nofail,_netdev 0 0\n", m.display(), f.opts()),
+        format!(
+            "strata {} strata {},nofail,_netdev,nodev,nosuid 0 0\n",
+            m.display(),
+            f.opts()
+        ),
     )
     .unwrap();
     let out = mount(&["--fstab", fstab.to_str().unwrap(), m.to_str().unwrap()]);
@@ -175,6 +194,7 @@ fn mount_t_strata_fstab_and_fuse_strata() {
         "mount from fstab: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    f.assert_flags("fstab", &["nosuid", "nodev"]);
     f.check_and_unmount();
 
     // mount -t fuse.strata: mount.fuse3 runs `strata` from the PATH mount(8) gives its
@@ -184,12 +204,34 @@ fn mount_t_strata_fstab_and_fuse_strata() {
         let _strata = Installed::new("/usr/local/bin/strata", &strata_bin());
         let f = Fixture::new();
         let m = f.p("m");
-        let out = mount(&["-t", "fuse.strata", "strata", m.to_str().unwrap(), "-o", &f.opts()]);
+        let o = format!("{},nodev,noexec,noatime", f.opts());
+        let out = mount(&["-t", "fuse.strata", "strata", m.to_str().unwrap(), "-o", &o]);
         assert!(
             out.status.success(),
             "mount -t fuse.strata: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        f.assert_flags("mount -t fuse.strata", &["rw", "nodev", "noexec", "noatime"]);
+        // `mount -o remount,ro` goes through mount.fuse3 to strata, which changes the
+        // live mount: what the upper holds stays visible, writes answer EROFS.
+        fs::write(m.join("before"), "b").unwrap();
+        let out = mount(&["-o", "remount,ro", m.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "remount,ro: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        f.assert_flags("remount,ro", &["ro", "nodev", "noexec", "noatime"]);
+        assert_eq!(fs::read_to_string(m.join("before")).unwrap(), "b");
+        let e = fs::write(m.join("after"), "a").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(30), "create after remount,ro (EROFS): {e}");
+        let out = mount(&["-o", "remount,rw", m.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "remount,rw: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        fs::remove_file(m.join("before")).unwrap();
         f.check_and_unmount();
     } else {
         eprintln!("skipped -t fuse.strata: fuse3's mount.fuse3 is not installed");

@@ -485,11 +485,22 @@ EOF
         set_program "$T/trace-mount-program"
         if out=$(pm start by-fo 2>&1); then
             pass "a container written with fuse-overlayfs starts with $(basename "$STRATA")"
-            # fuse-overlayfs marks deletions in the upper with 0/0 character devices;
-            # in strata's upper only AUFS whiteouts are markers (a device made through
-            # the mount stays a device), so deletions made under fuse-overlayfs show
-            # up as devices here. Only the start is checked in this direction.
+            # fuse-overlayfs marks deletions in the upper with 0/0 character devices
+            # and opaque directories with an xattr: read as such in strata's upper too.
+            expect_listing "... and shows the same files (deletions as deletions)" "$view" cx by-fo "$LISTING"
+            check "... where a directory removed under fuse-overlayfs can be made again" cx by-fo \
+                'mkdir /data/dir-gone && rmdir /data/dir-gone && rm /data/new.txt && echo new >/data/new.txt &&
+                 echo s >/data/by-strata.txt'
             pm stop -t 0 by-fo >/dev/null 2>&1
+            # ... and changed by strata, back with fuse-overlayfs.
+            set_program "$FUSE_OVERLAYFS"
+            if out=$(pm start by-fo 2>&1); then
+                expect_listing "... and, changed by $(basename "$STRATA"), the same files with fuse-overlayfs again" \
+                    "$(printf '%s\n' "$view" | sed 's|^\./append\.txt: .*|&\n./by-strata.txt: s\||')" cx by-fo "$LISTING"
+                pm stop -t 0 by-fo >/dev/null 2>&1
+            else
+                fail "a container changed by $(basename "$STRATA") starts with fuse-overlayfs again" "$out"
+            fi
         else
             fail "a container written with fuse-overlayfs starts with $(basename "$STRATA")" "$out"
         fi
