@@ -11,6 +11,7 @@ pub mod inode;
 pub mod layer;
 pub mod lookup;
 pub mod mount;
+pub mod override_stat;
 pub mod readdir;
 pub mod union;
 pub mod whiteout;
