@@ -33,6 +33,7 @@ command -v setfattr >/dev/null || pkgs+=(attr)
 command -v cc >/dev/null || pkgs+=(gcc libc6-dev)
 command -v useradd >/dev/null || pkgs+=(passwd)
 command -v mountpoint >/dev/null || pkgs+=(util-linux)
+[ -x /usr/bin/fuse-overlayfs ] || pkgs+=(fuse-overlayfs) # tests/override_stat.rs: interchange
 if [ ${#pkgs[@]} -gt 0 ]; then
     say "installing ${pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive
