@@ -294,6 +294,9 @@ impl Union {
         }
         let _ns = self.ns.read_recursive();
         self.copy_up_meta(node)?;
+        // One change of the record at a time, and none while the data of a metadata
+        // copy is filled in (that replaces the file the record is on).
+        let _once = node.copy_lock.lock();
         let path = node.path()?;
         let (parent, fname) = split(&path);
         let upper = self.upper().ok_or(Errno::ROFS)?;

@@ -380,3 +380,100 @@ fn interchange_from_strata_to_fuse_overlayfs() {
     assert_eq!(views(m.path()), ours);
     m.finish();
 }
+
+// ---------------------------------------------------------------------------
+// A normal user's mount (no user namespace range)
+// ---------------------------------------------------------------------------
+
+const USER: u32 = 1000;
+
+/// Runs `sh -c CMD` as USER and returns its stdout, or None when it failed.
+fn user_output(cmd: &str) -> Option<String> {
+    let out = Command::new("setpriv")
+        .args([
+            &format!("--reuid={USER}"),
+            &format!("--regid={USER}"),
+            "--clear-groups",
+            "sh",
+            "-c",
+            cmd,
+        ])
+        .output()
+        .expect("setpriv");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// strata mounted by USER (through fusermount3) on a fixture whose upper, work dir and
+/// mount point are USER's; the lower file `shared` is root's, mode 0666. Returns the
+/// answer of USER appending to `shared` and then showing its owner and mode, and the
+/// fixture.
+fn user_mount_append(opts: &str) -> (Option<String>, Fixture) {
+    let f = Fixture::new(1);
+    f.lower(0).file("shared", "root's\n");
+    chmod(&f.lower(0).p("shared"), 0o666).unwrap();
+    for d in [f.upper().path(), &f.work, &f.mnt] {
+        lchown(d, USER, USER).unwrap();
+    }
+    let o = format!(
+        "lowerdir={},upperdir={},workdir={}{opts}",
+        f.lowerdir(),
+        f.upper().path().display(),
+        f.work.display()
+    );
+    let mut child = Command::new("setpriv")
+        .args([
+            &format!("--reuid={USER}"),
+            &format!("--regid={USER}"),
+            "--clear-groups",
+            STRATA,
+            "-f",
+            "-o",
+            &o,
+        ])
+        .arg(&f.mnt)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    while !is_fuse_mount(&f.mnt) {
+        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("strata as uid {USER} -o {o}: no mount");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let shared = f.mnt.join("shared");
+    let r = user_output(&format!("echo more >> {0} && stat -c %u:%g:%a {0}", shared.display()));
+    assert!(force_unmount(&f.mnt));
+    let (st, killed) = wait_timeout(&mut child, TIMEOUT);
+    assert!(!killed && st.success(), "strata as uid {USER}: {st}");
+    (r, f)
+}
+
+#[test]
+fn a_users_mount_ignores_or_records_chowns_it_may_not_do() {
+    if !can_run("a_users_mount_ignores_or_records_chowns_it_may_not_do") {
+        return;
+    }
+    let mode = meta(Path::new("/dev/fuse")).permissions().mode();
+    if mode & 0o006 != 0o006 {
+        eprintln!("skipped a_users_mount_ignores_or_records_chowns_it_may_not_do: /dev/fuse is not open to users");
+        return;
+    }
+    // The copy-up of root's file cannot give the copy to root: an error...
+    assert_eq!(user_mount_append("").0, None);
+    // ... unless chown errors are ignored: the copy is the user's on disk.
+    let (r, f) = user_mount_append(",ignore_chown_errors");
+    assert!(r.is_some(), "append with ignore_chown_errors");
+    let up = meta(&f.upper().p("shared"));
+    assert_eq!((up.uid(), up.gid()), (USER, USER));
+    // With records, the copy shows root's owner still: the record says so.
+    let (r, f) = user_mount_append(",xattr_permissions=2");
+    assert_eq!(r.as_deref(), Some("0:0:666"));
+    assert_eq!(record(&f.upper().p("shared"), CONTAINERS), "0:0:666");
+    assert_eq!(meta(&f.upper().p("shared")).uid(), USER);
+}
