@@ -447,6 +447,10 @@ EOF
                 check "... chown then chmod inside keeps both" pm "${fm[@]}" exec f1 sh -c 'echo b >/tmp/d &&
                     chown 7:8 /tmp/d && chmod 604 /tmp/d && test "$(stat -c %u:%g:%a /tmp/d)" = 7:8:604'
             fi
+            pm "${fm[@]}" stop -t 0 f1 >/dev/null 2>&1
+            check "... commit" pm "${fm[@]}" commit -q f1 localhost/strata-rl-fm1
+            expect "... the committed image keeps the owner and mode" "42:43:640" \
+                pm "${fm[@]}" run --rm localhost/strata-rl-fm1 stat -c %u:%g:%a /tmp/c
         else
             fail "... run -d" "$out"
         fi
