@@ -152,7 +152,8 @@ fn root_record(root: BorrowedFd<'_>) -> Result<Option<&'static str>> {
 }
 
 /// The record name of every layer, top first (`None`: ownership on disk is what
-/// shows). The upper of an `xattr_permissions` mount gets its root's record written
+/// shows). Without `xattr_permissions` the upper is read and changed as its root says,
+/// like a lower. The upper of an `xattr_permissions` mount gets its root's record written
 /// when it has none yet, from the first lower root that has one, else from the upper
 /// root itself, as fuse-overlayfs does.
 pub fn layer_records(cfg: &Config, layers: &[Layer]) -> std::result::Result<Vec<Option<&'static str>>, String> {
@@ -165,7 +166,9 @@ pub fn layer_records(cfg: &Config, layers: &[Layer]) -> std::result::Result<Vec<
             continue;
         }
         let name = match cfg.xattr_permissions {
-            0 => None,
+            // An upper whose root says it keeps records keeps them: showing the
+            // daemon's owners instead would be wrong.
+            0 => found,
             1 => Some(PRIVILEGED),
             _ => Some(match found {
                 Some(n @ (CONTAINERS | LEGACY)) => n,

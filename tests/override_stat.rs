@@ -145,6 +145,17 @@ fn records_show_and_chown_chmod_create_record() {
         .collect();
     assert_eq!(shown, again);
     m.finish();
+    // Without the option too: the upper's root says it keeps records.
+    let m = f.mount();
+    let plain: Vec<_> = ["own", "secret", "plain", "tmp", "tmp/mine", "newdir"]
+        .iter()
+        .map(|p| owner_mode(&m.p(p)))
+        .collect();
+    assert_eq!(shown, plain);
+    lchown(&m.p("own"), 77, 78).unwrap();
+    assert_eq!(meta(&f.upper().p("own")).uid(), 0);
+    assert!(record(&f.upper().p("own"), CONTAINERS).starts_with("77:78:"));
+    m.finish();
 }
 
 #[test]
