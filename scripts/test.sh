@@ -39,7 +39,7 @@ command -v useradd >/dev/null || pkgs+=(passwd)
 command -v mountpoint >/dev/null || pkgs+=(util-linux)
 # tests/powercut.rs: an ext4 on a loop device; tests/metacopy.rs reads uppers with fuse-overlayfs,
 command -v mkfs.ext4 >/dev/null || pkgs+=(e2fsprogs)
-[ -x /usr/bin/fuse-overlayfs ] || pkgs+=(fuse-overlayfs) # and tests/flags.rs: a store switched between it and strata
+[ -x /usr/bin/fuse-overlayfs ] || pkgs+=(fuse-overlayfs) # tests/flags.rs, override_stat.rs: interchange
 command -v python3 >/dev/null || pkgs+=(python3)            # tests/layers.rs: an OCI applier
 [ -x /bin/busybox ] || pkgs+=(busybox-static)              # tests/layers.rs: image rootfs
 if [ ${#pkgs[@]} -gt 0 ]; then

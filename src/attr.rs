@@ -8,14 +8,13 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{FileAttr, INodeNo, TimeOrNow};
-use rustix::fs::{
-    self as rfs, AtFlags, FileType, Gid, Mode, OFlags, Stat, StatVfs, Timespec, Timestamps, Uid, XattrFlags,
-};
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, Stat, StatVfs, Timespec, Timestamps, XattrFlags};
 use rustix::io::Errno;
 
 use crate::config::IdMap;
 use crate::inode::Node;
 use crate::layer::{self, split, DirFd, Result, XattrFd};
+use crate::override_stat;
 use crate::union::Union;
 use crate::whiteout;
 
@@ -167,7 +166,9 @@ impl Union {
     /// The attributes shown for `st` as node `ino` (a file copied up from a lower where
     /// it has several names counts all of them, copied up or not).
     pub fn attr(&self, ino: u64, st: &Stat) -> FileAttr {
-        let mut a = to_attr(ino, st);
+        let mut shown = *st;
+        self.shown_stat(ino, &mut shown);
+        let mut a = to_attr(ino, &shown);
         // Ownership as the mount shows it: squashed, or mapped from container to host ids.
         a.uid = self
             .cfg
@@ -205,6 +206,10 @@ impl Union {
     pub fn setattr(&self, node: &Node, mut sa: SetAttr, who: Writer) -> Result<Stat> {
         if !self.writable {
             return Err(Errno::ROFS);
+        }
+        // Owners and modes kept in an xattr (xattr_permissions=1|2): recorded there.
+        if let Some(st) = self.setattr_recorded(node, &mut sa, who)? {
+            return Ok(st);
         }
         let only_mode =
             sa.uid.is_none() && sa.gid.is_none() && sa.size.is_none() && sa.atime.is_none() && sa.mtime.is_none();
@@ -295,7 +300,7 @@ impl Union {
     /// files and directories are opened for reading (one call less for each xattr call,
     /// and a lower directory is kept open already); others, and files the daemon may
     /// not read, as `O_PATH`.
-    fn xattr_fd(&self, node: &Node, layer: usize) -> Result<XattrFd<'_>> {
+    pub(crate) fn xattr_fd(&self, node: &Node, layer: usize) -> Result<XattrFd<'_>> {
         let path = node.path()?;
         let l = &self.layers[layer];
         let kind = node.kind();
@@ -466,10 +471,9 @@ fn apply(t: Target<'_>, kind: FileType, sa: &SetAttr, u: &Union) -> Result<Stat>
     }
     if sa.uid.is_some() || sa.gid.is_some() {
         let (uid, gid) = u.map_owner_in(sa.uid, sa.gid);
-        let (uid, gid) = (uid.map(Uid::from_raw), gid.map(Gid::from_raw));
         match t {
-            Target::Fd(fd) => rfs::fchown(fd, uid, gid)?,
-            Target::At(dir, name) => rfs::chownat(dir, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)?,
+            Target::Fd(fd) => override_stat::fchown(u, fd, uid, gid)?,
+            Target::At(dir, name) => override_stat::chown_at(u, dir, name, uid, gid)?,
         }
     }
     if let Some(mode) = sa.mode.filter(|_| kind != FileType::Symlink) {

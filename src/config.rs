@@ -68,6 +68,14 @@ pub struct Config {
     pub remount: bool,
     /// Source name shown in the mount table (`fsname=`).
     pub fsname: Option<String>,
+    /// Owners and modes kept in an xattr of the upper instead of on disk
+    /// (`xattr_permissions=1|2`, see override_stat.rs); 0: on disk.
+    pub xattr_permissions: u8,
+    /// A fresh upper records under fuse-overlayfs's older name
+    /// (`override_stat=fuseoverlayfs`), readable by fuse-overlayfs before 1.14.
+    pub legacy_override_xattr: bool,
+    /// A chown the daemon may not do is ignored (`ignore_chown_errors`).
+    pub ignore_chown_errors: bool,
     /// Options that were not understood; warned about and ignored.
     pub unknown: Vec<String>,
 }
@@ -100,6 +108,9 @@ impl Default for Config {
             vfs_clear: 0,
             remount: false,
             fsname: None,
+            xattr_permissions: 0,
+            legacy_override_xattr: false,
+            ignore_chown_errors: false,
             unknown: Vec::new(),
         }
     }
@@ -347,23 +358,31 @@ pub fn apply_opts(cfg: &mut Config, opts: &str) -> Result<(), String> {
                 cfg.foreground = true;
             }
             "fsname" => cfg.fsname = Some(need(key, val)?.to_string()),
-            // Stores with `force_mask` keep owners and modes in an xattr that the mount
-            // should show; strata does not, and would show the wrong ones: refused.
-            "xattr_permissions" => match need(key, val)? {
-                "0" => {}
-                v @ ("1" | "2") => {
-                    return Err(format!(
-                        "option 'xattr_permissions={v}' is not supported: owners and modes kept in \
-                         user.containers.override_stat (a containers-storage store with force_mask) \
-                         are not applied by strata; use fuse-overlayfs for such a store"
-                    ))
+            // Stores with `force_mask`: owners and modes kept in an xattr (override_stat.rs).
+            "xattr_permissions" => {
+                cfg.xattr_permissions = match need(key, val)? {
+                    "0" => 0,
+                    "1" => 1,
+                    "2" => 2,
+                    v => {
+                        return Err(format!(
+                            "invalid value '{v}' for option 'xattr_permissions': expected 0, 1 or 2"
+                        ))
+                    }
                 }
-                v => {
-                    return Err(format!(
-                        "invalid value '{v}' for option 'xattr_permissions': expected 0, 1 or 2"
-                    ))
+            }
+            "override_stat" => {
+                cfg.legacy_override_xattr = match need(key, val)? {
+                    "containers" => false,
+                    "fuseoverlayfs" => true,
+                    v => {
+                        return Err(format!(
+                            "invalid value '{v}' for option 'override_stat': expected containers or fuseoverlayfs"
+                        ))
+                    }
                 }
-            },
+            }
+            "ignore_chown_errors" => cfg.ignore_chown_errors = true,
             // SELinux label and FUSE subtype: accepted, nothing to do.
             "context" | "fscontext" | "defcontext" | "rootcontext" | "subtype" | "comment" => {}
             k if IGNORED.contains(&k) || k.starts_with("x-") => {}
@@ -513,17 +532,17 @@ mod tests {
     }
 
     #[test]
-    fn xattr_permissions_other_than_0_are_refused() {
-        assert!(parse("lowerdir=/l,xattr_permissions=0").unknown.is_empty());
-        for v in ["1", "2"] {
-            let e = apply_opts(&mut Config::default(), &format!("lowerdir=/l,xattr_permissions={v}")).unwrap_err();
-            assert!(
-                e.contains(&format!("xattr_permissions={v}")) && e.contains("not supported"),
-                "{e}"
-            );
-        }
+    fn xattr_permissions_and_chown_options() {
+        assert_eq!(parse("lowerdir=/l,xattr_permissions=0").xattr_permissions, 0);
+        let c = parse("lowerdir=/l,xattr_permissions=2,ignore_chown_errors,override_stat=fuseoverlayfs");
+        assert!(c.unknown.is_empty());
+        assert_eq!(c.xattr_permissions, 2);
+        assert!(c.ignore_chown_errors && c.legacy_override_xattr);
+        assert_eq!(parse("lowerdir=/l,xattr_permissions=1").xattr_permissions, 1);
         let e = apply_opts(&mut Config::default(), "xattr_permissions=3").unwrap_err();
         assert!(e.contains("invalid value '3'"), "{e}");
+        let e = apply_opts(&mut Config::default(), "override_stat=x").unwrap_err();
+        assert!(e.contains("override_stat"), "{e}");
     }
 
     #[test]

@@ -9,9 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use rustix::fs::{
-    self as rfs, AtFlags, FileType, Gid, Mode, OFlags, RenameFlags, SeekFrom, Stat, Timestamps, Uid, XattrFlags,
-};
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, RenameFlags, SeekFrom, Stat, Timestamps, XattrFlags};
 use rustix::io::Errno;
 
 use std::collections::HashMap;
@@ -510,7 +508,7 @@ impl Union {
             rfs::ftruncate(&dst, old.st_size as u64)?;
             // On disk before it takes the metadata copy's place (see `durable`).
             self.durable(&dst)?;
-            self.copy_meta((udir.as_fd(), name, None), &old, work.fd(), &tmp)?;
+            self.copy_meta(0, (udir.as_fd(), name, None), &old, work.fd(), &tmp)?;
             work.replace(&tmp, udir.as_fd(), name)
         })();
         if let Err(e) = res {
@@ -722,29 +720,26 @@ impl Union {
             .as_ref()
             .map(|f| f.as_fd())
             .or(src_dir.as_ref().map(|d| d.as_fd()));
-        self.copy_meta((sdir, name, open), st, wdir, tmp)
+        self.copy_meta(src, (sdir, name, open), st, wdir, tmp)
     }
 
     /// Gives `dname` the owner, mode, xattrs and times of `sname` (described by `st`).
     fn copy_meta(
         &self,
+        src: usize,
         (sdir, sname, open): (BorrowedFd<'_>, &OsStr, Option<BorrowedFd<'_>>),
         st: &Stat,
         ddir: BorrowedFd<'_>,
         dname: &OsStr,
     ) -> Result<()> {
         let kind = layer::file_type(st);
-        rfs::chownat(
-            ddir,
-            dname,
-            Some(Uid::from_raw(st.st_uid)),
-            Some(Gid::from_raw(st.st_gid)),
-            AtFlags::SYMLINK_NOFOLLOW,
-        )?;
+        crate::override_stat::chown_at(self, ddir, dname, Some(st.st_uid), Some(st.st_gid))?;
         if kind != FileType::Symlink {
             rfs::chmodat(ddir, dname, Mode::from_raw_mode(st.st_mode & 0o7777), AtFlags::empty())?;
         }
         copy_xattrs(sdir, sname, open, ddir, dname)?;
+        // Owners and modes kept in xattrs (xattr_permissions): as the source shows them.
+        self.copy_record(src, (sdir, sname, open), st, ddir, dname)?;
         rfs::utimensat(ddir, dname, &stat_times(st), AtFlags::SYMLINK_NOFOLLOW)?;
         Ok(())
     }

@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustix::fs::{self as rfs, AtFlags, FileType, Gid, Mode, OFlags, RenameFlags, Stat, Uid};
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, RenameFlags, Stat};
 use rustix::io::Errno;
 
 use crate::copy_up::{remove_tree, stat_times, Fill};
@@ -144,17 +144,14 @@ impl Union {
         who: Caller,
         mode: Option<u32>,
     ) -> Result<()> {
+        if self.give_recorded(home, dir, name, who, mode)? {
+            return Ok(());
+        }
         let h = layer::stat_at(home, OsStr::new("."))?.ok_or(Errno::NOENT)?;
         let setgid_home = h.st_mode & libc::S_ISGID != 0;
         let (uid, gid) = self.map_owner_in(Some(who.uid), (!setgid_home).then_some(who.gid));
         let gid = if setgid_home { Some(h.st_gid) } else { gid };
-        rfs::chownat(
-            dir,
-            name,
-            uid.map(Uid::from_raw),
-            gid.map(Gid::from_raw),
-            AtFlags::SYMLINK_NOFOLLOW,
-        )?;
+        crate::override_stat::chown_at(self, dir, name, uid, gid)?;
         // chown clears set-id bits; put back what was asked for (and what a directory
         // inherits from a set-group-id parent), on top of the permissions the entry was
         // made with (the umask or a default ACL already shaped them).

@@ -12,6 +12,7 @@ pub mod inode;
 pub mod layer;
 pub mod lookup;
 pub mod mount;
+pub mod override_stat;
 pub mod readdir;
 pub mod union;
 pub mod whiteout;

@@ -50,6 +50,8 @@ pub struct Union {
     pub killpriv: AtomicBool,
     /// Tells the kernel about changes it did not ask for (set once mounted).
     pub notifier: Arc<OnceLock<fuser::Notifier>>,
+    /// Per layer, top first: the xattr it keeps owners and modes in (see override_stat.rs).
+    pub records: Vec<Option<&'static str>>,
 }
 
 fn canonical(p: &Path) -> Result<PathBuf, String> {
@@ -153,8 +155,10 @@ impl Union {
             let id = table.ino_for(ld, li);
             table.record_origin(ud, ui, id);
         }
+        let records = crate::override_stat::layer_records(&cfg, &layers)?;
         let ttl = cfg.timeout;
         Ok(Union {
+            records,
             has_upper: upper.is_some(),
             writable: upper.is_some() && !cfg.read_only,
             cfg,

@@ -132,4 +132,5 @@ pub fn is_internal_xattr(name: &OsStr) -> bool {
         || b.starts_with(b"user.overlay.")
         || b.starts_with(b"user.strata.")
         || b.starts_with(b"trusted.strata.")
+        || crate::override_stat::is_override_xattr(b)
 }

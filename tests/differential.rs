@@ -7,8 +7,9 @@
 //!   STRATA_FUZZ_SEED=N   base seed (default below); runs use N, N+1, ...
 //!   STRATA_FUZZ_RUNS=K   how many seeds to run (default 4; 1 when a seed is given)
 //!   STRATA_FUZZ_OPS=M    operations in total, spread over the runs (default 32000)
-//!   STRATA_FUZZ_MOUNT_OPTS=O  extra -o options for every run (default: none for even
-//!                        seeds, passthrough=0 for odd ones, so both I/O paths run)
+//!   STRATA_FUZZ_MOUNT_OPTS=O  extra -o options for every run (default, by seed mod 4:
+//!                        none, passthrough=0, metacopy=on, both: both I/O paths run,
+//!                        with and without metadata-only copies)
 //!   STRATA_FUZZ_KEEP=1   on a divergence, copy the layers, upper and model aside
 //!   STRATA_FUZZ_SHRINK=S on a divergence, spend at most S seconds (default 120; 0:
 //!                        none) looking for a short sequence of operations that
@@ -1501,11 +1502,13 @@ impl World {
         // The mount's root is the upper's.
         chmod(&model, fs::metadata(&s.upper).unwrap().mode() & 0o7777).unwrap();
         let opts = std::env::var("STRATA_FUZZ_MOUNT_OPTS").unwrap_or_else(|_| {
-            if seed % 2 == 1 {
-                "passthrough=0".into()
-            } else {
-                String::new()
+            match seed % 4 {
+                0 => "",
+                1 => "passthrough=0",
+                2 => "metacopy=on",
+                _ => "metacopy=on,passthrough=0",
             }
+            .into()
         });
         let mnt = Some(mount(&s, &opts));
         let (m, r) = (Side::new(s.mnt.clone()), Side::new(model.clone()));
@@ -1983,8 +1986,11 @@ fn run_seed(seed: u64, ops: u64) {
         Ok(t) => Known::from_tree(&t),
         Err(e) => fail(&w, &done, &history, format!("before any operation: {e}")),
     };
-    // A second process in the mount, for half the seeds (STRATA_FUZZ_PROWL=0|1 says).
-    let prowl = env_u64("STRATA_FUZZ_PROWL").map(|v| v != 0).unwrap_or(seed % 4 < 2);
+    // A second process in the mount, for half the seeds (two of every four option
+    // sets); STRATA_FUZZ_PROWL=0|1 says.
+    let prowl = env_u64("STRATA_FUZZ_PROWL")
+        .map(|v| v != 0)
+        .unwrap_or(((seed >> 1) ^ seed) & 1 == 1);
     let mut prowler = prowl.then(|| Prowler::start(w.s.mnt.clone(), seed));
     if let Some(p) = &prowler {
         p.learn(&known);
