@@ -589,6 +589,24 @@ fn apply_refuses_hostile_tars() {
     let mut t = Vec::new();
     raw_entry(&mut t, "hl_missing", T::Link, "nowhere", b"");
     cases.push((t, "hl_missing"));
+    // The escape in a PAX path record, and in a GNU long name, behind a plain name.
+    let mut t = Vec::new();
+    let rec = "path=../outside/paxesc\n";
+    let rec = format!("{} {rec}", rec.len() + 3);
+    raw_entry(&mut t, "PaxHeaders/x", T::XHeader, "", rec.as_bytes());
+    raw_entry(&mut t, "innocent", T::Regular, "", b"x");
+    cases.push((t, "../outside/paxesc"));
+    let mut t = Vec::new();
+    raw_entry(&mut t, "././@LongLink", T::GNULongName, "", b"../outside/gnuesc\0");
+    raw_entry(&mut t, "innocent2", T::Regular, "", b"x");
+    cases.push((t, "../outside/gnuesc"));
+    // A PAX linkpath to outside for a hard link.
+    let mut t = Vec::new();
+    let rec = "linkpath=/etc/passwd\n";
+    let rec = format!("{} {rec}", rec.len() + 3);
+    raw_entry(&mut t, "PaxHeaders/y", T::XHeader, "", rec.as_bytes());
+    raw_entry(&mut t, "paxlink", T::Link, "harmless", b"");
+    cases.push((t, "paxlink"));
     let cases_n = cases.len();
     for (tar, entry) in cases {
         assert_refused(&root, tar, entry, None);
