@@ -589,6 +589,24 @@ fn apply_refuses_hostile_tars() {
     let mut t = Vec::new();
     raw_entry(&mut t, "hl_missing", T::Link, "nowhere", b"");
     cases.push((t, "hl_missing"));
+    // The escape in a PAX path record, and in a GNU long name, behind a plain name.
+    let mut t = Vec::new();
+    let rec = "path=../outside/paxesc\n";
+    let rec = format!("{} {rec}", rec.len() + 3);
+    raw_entry(&mut t, "PaxHeaders/x", T::XHeader, "", rec.as_bytes());
+    raw_entry(&mut t, "innocent", T::Regular, "", b"x");
+    cases.push((t, "../outside/paxesc"));
+    let mut t = Vec::new();
+    raw_entry(&mut t, "././@LongLink", T::GNULongName, "", b"../outside/gnuesc\0");
+    raw_entry(&mut t, "innocent2", T::Regular, "", b"x");
+    cases.push((t, "../outside/gnuesc"));
+    // A PAX linkpath to outside for a hard link.
+    let mut t = Vec::new();
+    let rec = "linkpath=/etc/passwd\n";
+    let rec = format!("{} {rec}", rec.len() + 3);
+    raw_entry(&mut t, "PaxHeaders/y", T::XHeader, "", rec.as_bytes());
+    raw_entry(&mut t, "paxlink", T::Link, "harmless", b"");
+    cases.push((t, "paxlink"));
     let cases_n = cases.len();
     for (tar, entry) in cases {
         assert_refused(&root, tar, entry, None);
@@ -991,4 +1009,69 @@ fn concurrent_image_mounts_unpack_each_layer_once() {
         let d = store.join("sha256").join(sha256(l));
         assert_eq!(names_of(&d).len(), 200, "layer {i}");
     }
+}
+
+/// The upper of the kernel's overlayfs (metacopy=on): metadata-only copies, one
+/// renamed (a redirect), a char 0/0 whiteout; the export has the data from the lower.
+#[test]
+fn export_of_a_kernel_overlayfs_upper() {
+    if !rustix::process::geteuid().is_root() {
+        skip("export_of_a_kernel_overlayfs_upper", "needs root");
+        return;
+    }
+    let f = Fixture::new(1);
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 13 % 253) as u8).collect();
+    let small: Vec<u8> = (0..300_000u32).map(|i| (i * 11 % 251) as u8).collect();
+    f.lower(0).file("big", &big).file("d/x", &small);
+    let (l, u, w) = (
+        f.lower(0).path().to_path_buf(),
+        f.upper().path().to_path_buf(),
+        f.work.clone(),
+    );
+    let mnt = f.dir("kmnt");
+    let o = format!(
+        "lowerdir={},upperdir={},workdir={},metacopy=on,redirect_dir=on",
+        s(&l),
+        s(&u),
+        s(&w)
+    );
+    let st = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &o])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    if !st.success() {
+        skip(
+            "export_of_a_kernel_overlayfs_upper",
+            "mount -t overlay with metacopy=on failed",
+        );
+        return;
+    }
+    let g = Unmount(mnt.clone());
+    lchown(&mnt.join("big"), 7, 7).unwrap();
+    fs::rename(mnt.join("d/x"), mnt.join("d/y")).unwrap();
+    lchown(&mnt.join("d/y"), 8, 8).unwrap();
+    drop(g);
+    assert!(xattrs(&u.join("big")).contains_key("trusted.overlay.metacopy"));
+    let tar = f.root().join("k.tar");
+    ok(
+        strata(&["export", "--upper", s(&u), "--lower", s(&l), "-o", s(&tar)]),
+        "export",
+    );
+    let new = f.root().join("new");
+    ok(strata(&["apply", s(&tar), s(&new)]), "apply");
+    assert!(read(&new.join("big")) == big, "big: wrong data");
+    assert!(read(&new.join("d/y")) == small, "d/y: wrong data");
+    assert_eq!(fs::metadata(new.join("d/y")).unwrap().uid(), 8);
+    assert_eq!(names_of(&new.join("d")), strs(&[".wh.x", "y"]));
+    // Without the lower, a metadata-only copy is an error naming it.
+    let o = strata(&["export", "--upper", s(&u), "-o", s(&f.root().join("k2.tar"))]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("big"), "{o:?}");
+    assert!(!exists(&f.root().join("k2.tar")), "a failed export left its file");
+    assert_eq!(
+        names_of(f.root()).iter().filter(|n| n.contains(".tmp-")).count(),
+        0,
+        "a failed export left a temporary file"
+    );
 }

@@ -373,6 +373,11 @@ impl<'a> Unpacker<'a> {
             let mut m = meta.clone();
             m.mode = 0o644;
             m.xattrs.clear();
+            if !self.is_root {
+                // A marker's owner means nothing: no message about it.
+                m.uid = rustix::process::geteuid().as_raw() as u64;
+                m.gid = rustix::process::getegid().as_raw() as u64;
+            }
             return self.set_meta(pfd, os, &m, false, &raw);
         }
         match kind {

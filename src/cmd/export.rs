@@ -95,13 +95,18 @@ pub fn run(a: &Args) -> Result<Stats, String> {
     if !md.is_dir() {
         return Err(format!("{}: not a directory", upper.display()));
     }
-    let out: Box<dyn Write> = match &a.output {
+    // To FILE through a temporary name beside it: a failed export leaves no FILE.
+    let tmp = a.output.as_ref().map(|p| {
+        let mut n = p.file_name().unwrap_or_default().to_os_string();
+        n.push(format!(".tmp-{}", std::process::id()));
+        p.with_file_name(n)
+    });
+    let out: Box<dyn Write> = match &tmp {
         Some(p) => Box::new(File::create(p).map_err(|e| format!("{}: {e}", p.display()))?),
         None => Box::new(io::stdout().lock()),
     };
     let mut x = Exporter {
         out: BufWriter::with_capacity(1 << 20, out),
-
         lowers,
         clamp: a.mtime,
         links: HashMap::new(),
@@ -112,11 +117,21 @@ pub fn run(a: &Args) -> Result<Stats, String> {
     let index = workdir
         .unwrap_or_else(|| upper.join(whiteout::WORK_IN_UPPER))
         .join("index");
-    x.extras = index_extras(&index, &upper, &x.lowers)?;
-    x.dir(Some(&upper), b"")?;
-    tarfmt::finish(&mut x.out).map_err(|e| format!("writing the tar: {e}"))?;
-    x.out.flush().map_err(|e| format!("writing the tar: {e}"))?;
-    Ok(x.stats)
+    let r = (|| {
+        x.extras = index_extras(&index, &upper, &x.lowers)?;
+        x.dir(Some(&upper), b"")?;
+        tarfmt::finish(&mut x.out).map_err(|e| format!("writing the tar: {e}"))?;
+        x.out.flush().map_err(|e| format!("writing the tar: {e}"))
+    })();
+    if let (Some(t), Some(p)) = (&tmp, &a.output) {
+        match &r {
+            Ok(()) => fs::rename(t, p).map_err(|e| format!("{}: {e}", p.display()))?,
+            Err(_) => {
+                let _ = fs::remove_file(t);
+            }
+        }
+    }
+    r.map(|()| x.stats)
 }
 
 struct Exporter<W: Write> {
@@ -406,12 +421,19 @@ impl<W: Write> Exporter<W> {
     /// The file holding the data of a metadata-only copy: in strata's mark the lower
     /// recorded ("INDEX\0PATH", index 0 being the upper), else the first lower with
     /// a regular file at that path (the kernel's overlayfs keeps the same path, or
-    /// names another in `trusted.overlay.redirect`).
+    /// names another in `trusted.overlay.redirect`, absolute or in the same directory).
     fn metacopy_source(&self, p: &Path, rel: &[u8], key: &[u8], v: &[u8], size: u64) -> Result<File, String> {
         let (idx, path): (Option<usize>, Vec<u8>) = if key.starts_with(b"trusted.overlay.") {
-            let redirect = rustix::fs::lgetxattr(p, "trusted.overlay.redirect", &mut [0u8; 4096][..]).ok();
-            let _ = redirect; // an absolute redirect is rare in an upper: use the same path
-            (None, rel.to_vec())
+            let mut buf = [0u8; 4096];
+            match rustix::fs::lgetxattr(p, "trusted.overlay.redirect", &mut buf[..]) {
+                // Absolute: from the layer's root; else a name in the same directory.
+                Ok(n) if buf[..n].starts_with(b"/") => (None, buf[..n].to_vec()),
+                Ok(n) => {
+                    let parent = rel.rsplitn(2, |b| *b == b'/').nth(1).unwrap_or(b"");
+                    (None, join(parent, &buf[..n]))
+                }
+                Err(_) => (None, rel.to_vec()),
+            }
         } else {
             let mut it = v.splitn(2, |b| *b == 0);
             let idx = it

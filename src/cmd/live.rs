@@ -167,6 +167,17 @@ pub fn daemons() -> Vec<Live> {
     out
 }
 
+/// A mount point made canonical without looking at the mount itself (only at its
+/// parent directories): a stopped daemon's mount would hang a stat of its root.
+pub fn canonical_mountpoint(mp: &Path) -> Option<PathBuf> {
+    let name = mp.file_name()?;
+    let parent = mp
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Some(fs::canonicalize(parent).ok()?.join(name))
+}
+
 /// The live strata mount at `mp`.
 pub fn find(mp: &Path) -> Result<Live, String> {
     let canon = fs::canonicalize(mp).map_err(|e| format!("{}: {e}", mp.display()))?;
@@ -178,7 +189,7 @@ pub fn find(mp: &Path) -> Result<Live, String> {
     }
     let found: Vec<Live> = daemons()
         .into_iter()
-        .filter(|d| fs::canonicalize(&d.mountpoint).ok().as_deref() == Some(&canon) || d.mountpoint == canon)
+        .filter(|d| d.mountpoint == canon || canonical_mountpoint(&d.mountpoint).as_deref() == Some(&canon))
         .collect();
     match found.as_slice() {
         [] => Err(format!(

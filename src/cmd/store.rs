@@ -259,7 +259,9 @@ impl Store {
         let live = super::live::strata_mounts();
         for d in super::live::daemons() {
             // A daemon whose mount is gone is on its way out.
-            if !live.contains(&d.mountpoint) && !fs::canonicalize(&d.mountpoint).is_ok_and(|c| live.contains(&c)) {
+            if !live.contains(&d.mountpoint)
+                && !super::live::canonical_mountpoint(&d.mountpoint).is_some_and(|c| live.contains(&c))
+            {
                 continue;
             }
             for l in d.lowers.iter().chain(d.upper.iter()) {
