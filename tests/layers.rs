@@ -109,7 +109,8 @@ fn build_changed_mount(f: &Fixture) -> Mount {
         .fifo("fifo")
         .xattr("d/b", "user.lower", b"1");
     f.lower(0).file("d/c", "c").file("over", "over0").file("top", "top");
-    let m = f.mount();
+    // Metadata-only copies (opt-in) are among what export must read through.
+    let m = f.mount_opts("metacopy=on");
     let p = |r: &str| m.p(r);
     fs::remove_file(p("d/a")).unwrap();
     fs::remove_dir_all(p("old")).unwrap();
@@ -145,7 +146,7 @@ fn build_changed_mount(f: &Fixture) -> Mount {
     // The test is about these: make sure the upper holds them as expected.
     let up = f.upper().path();
     assert!(
-        xattrs(&up.join("big")).keys().any(|k| k.ends_with("strata.metacopy")),
+        xattrs(&up.join("big")).keys().any(|k| k.ends_with("overlay.metacopy")),
         "chown of a large lower file left no metadata-only copy: {:?}",
         xattrs(&up.join("big"))
     );
