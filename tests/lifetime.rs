@@ -1260,7 +1260,7 @@ fn opens_answered_after_a_copy_was_completed_meanwhile_succeed() {
         let s = Stack::new(1);
         fs::write(s.l(0, "big"), pattern(7, BIG_LEN)).unwrap();
         let opts = format!("{},metacopy=on", s.opts());
-        let m = Mount::start_env(&opts, &s.mnt, &[("STRATA_TEST_PAUSE_IO_MODE_MS", "600")]);
+        let m = Mount::start_env(&opts, &s.mnt, &[("STRATA_TEST_PAUSE_IO_MODE_MS", "2000")]);
         let path = s.m("big");
         let late = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
             let f = OpenOptions::new().read(!writer).write(writer).open(&path)?;
