@@ -107,6 +107,20 @@ pub fn is_mounted(path: &Path) -> bool {
     info.lines().any(|l| l.split(' ').nth(4) == Some(&p))
 }
 
+/// The daemon's stderr: a pipe, or with `STRATA_TEST_DAEMON_LOG=FILE` that file
+/// (appended to), to read a daemon's log (`RUST_LOG=strata=debug`) after a run.
+fn daemon_stderr() -> Stdio {
+    match std::env::var_os("STRATA_TEST_DAEMON_LOG") {
+        Some(p) => fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .map(Stdio::from)
+            .unwrap_or_else(|_| Stdio::piped()),
+        None => Stdio::piped(),
+    }
+}
+
 impl Mount {
     pub fn start(opts: &str, mnt: &Path) -> Mount {
         Mount::start_env(opts, mnt, &[])
@@ -120,7 +134,7 @@ impl Mount {
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(daemon_stderr())
             .spawn()
             .expect("starting strata");
         let mut m = Mount {
