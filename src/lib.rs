@@ -5,6 +5,7 @@ pub mod attr;
 pub mod config;
 pub mod copy_up;
 pub mod dir;
+pub mod dispatch;
 pub mod file;
 pub mod fs;
 pub mod inode;

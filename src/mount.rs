@@ -108,7 +108,7 @@ fn serve(union: Union, notify: Option<OwnedFd>) -> Result<(), String> {
     let config = fuse_config(&union);
     let signals = block_signals();
     let notifier = union.notifier.clone();
-    let fs = crate::fs::StrataFs::new(union);
+    let fs = crate::fs::StrataFs::new(std::sync::Arc::new(union), None);
     let mounted = if rustix::process::geteuid().is_root() {
         mount_fuse(fs, &mountpoint, &fsname, &config)
     } else {
