@@ -1,6 +1,7 @@
 //! strata: a union filesystem in userspace. Read-only lower layers merged with one
 //! writable upper layer, served over FUSE.
 
+pub mod abi;
 pub mod attr;
 pub mod config;
 pub mod copy_up;
@@ -13,5 +14,7 @@ pub mod layer;
 pub mod lookup;
 pub mod mount;
 pub mod readdir;
+pub mod sys;
 pub mod union;
+pub mod uring;
 pub mod whiteout;

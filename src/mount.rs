@@ -108,7 +108,10 @@ fn serve(union: Union, notify: Option<OwnedFd>) -> Result<(), String> {
     let config = fuse_config(&union);
     let signals = block_signals();
     let notifier = union.notifier.clone();
-    let fs = crate::fs::StrataFs::new(std::sync::Arc::new(union), None);
+    let union = std::sync::Arc::new(union);
+    let rings = crate::uring::Rings::default();
+    let choice = crate::uring::choice(union.clone(), rings.clone());
+    let fs = crate::fs::StrataFs::new(union, Some(choice));
     let mounted = if rustix::process::geteuid().is_root() {
         mount_fuse(fs, &mountpoint, &fsname, &config)
     } else {
@@ -135,6 +138,8 @@ fn serve(union: Union, notify: Option<OwnedFd>) -> Result<(), String> {
             return Err(msg);
         }
     };
+    // INIT is answered: the io_uring queues (if the mount took them) register now.
+    rings.start(std::os::fd::AsFd::as_fd(&session));
     tracing::info!("mounted on {}", mountpoint.display());
     let _ = notifier.set(session.notifier());
     report_live(notify);
