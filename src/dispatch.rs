@@ -364,3 +364,9 @@ pub fn copy_file_range(u: &Union, fh_in: u64, off_in: u64, fh_out: u64, off_out:
     );
     Answer::Written(n as u32)
 }
+
+/// Whether work on node `ino` may have to copy it up first (it is not in the upper
+/// yet): a transport answering inline hands such requests off.
+pub fn may_copy_up(u: &Union, ino: u64) -> bool {
+    u.has_upper && u.table.get(ino).is_some_and(|n| n.top() != 0)
+}

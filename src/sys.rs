@@ -36,7 +36,7 @@ pub fn uring_cmd(fd: RawFd, op: u32, qid: u16, commit_id: u64, iov: Option<*cons
         b[24..28].copy_from_slice(&2u32.to_ne_bytes()); // len: two iovecs
     }
     b[32..40].copy_from_slice(&data.to_ne_bytes()); // user_data
-    // struct fuse_uring_cmd_req { flags, commit_id, qid, padding }
+                                                    // struct fuse_uring_cmd_req { flags, commit_id, qid, padding }
     b[56..64].copy_from_slice(&commit_id.to_ne_bytes());
     b[64..66].copy_from_slice(&qid.to_ne_bytes());
     // SAFETY: Entry128 is #[repr(C)] over struct io_uring_sqe and 64 more bytes (128 in

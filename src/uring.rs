@@ -33,6 +33,10 @@ use crate::union::Union;
 const ENTRIES: usize = 4;
 /// Payload buffer per entry: the largest write (max_write, 1 MiB) or read (max_pages).
 const PAYLOAD: usize = 1 << 20;
+/// Threads for requests handed off (see `hand_off`), shared by all queues.
+const WORKERS: usize = 4;
+/// user_data of the eventfd read that wakes a queue when a worker is done.
+const WAKE: u64 = u64::MAX;
 
 /// The queue threads waiting for the /dev/fuse fd to register on, once INIT is done.
 #[derive(Default, Clone)]
@@ -95,7 +99,9 @@ pub fn choice(u: Arc<Union>, rings: Rings) -> crate::fs::UringChoice {
 /// the number of queues, or the first failure (then no thread is left).
 fn spawn_queues(u: Arc<Union>, rings: &Rings) -> std::io::Result<usize> {
     if std::env::var_os("STRATA_TEST_URING_SETUP_FAIL").is_some() {
-        return Err(std::io::Error::other("failure injected by STRATA_TEST_URING_SETUP_FAIL"));
+        return Err(std::io::Error::other(
+            "failure injected by STRATA_TEST_URING_SETUP_FAIL",
+        ));
     }
     let n = sys::possible_cpus();
     let fell_back = Arc::new(AtomicBool::new(false));
@@ -133,6 +139,53 @@ struct Ent {
     registered: bool,
 }
 
+// SAFETY: the raw pointers in `iov` point into the entry's own heap buffers, which move
+// with it; whichever thread holds the entry is the only one touching them.
+unsafe impl Send for Ent {}
+
+/// A request handed to a worker, and the way back to its queue.
+struct Job {
+    u: Arc<Union>,
+    i: usize,
+    ent: Ent,
+    back: Sender<(usize, Ent, u64, Option<u64>)>,
+    wake: Arc<OwnedFd>,
+}
+
+/// Workers for requests that may block long (a copy-up, an fsync), so that a queue's
+/// thread keeps answering the quick ones. Started at the first such request.
+fn workers() -> &'static Mutex<Sender<Job>> {
+    static POOL: std::sync::OnceLock<Mutex<Sender<Job>>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        let (tx, rx) = channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for w in 0..WORKERS {
+            let rx = rx.clone();
+            let _ = std::thread::Builder::new()
+                .name(format!("uring-w{w}"))
+                .spawn(move || loop {
+                    let job = rx.lock().unwrap().recv();
+                    let Ok(mut job) = job else { return };
+                    let (unique, release) = answer(&job.u, &mut job.ent);
+                    if job.back.send((job.i, job.ent, unique, release)).is_ok() {
+                        let _ = rustix::io::write(&*job.wake, &1u64.to_ne_bytes());
+                    }
+                });
+        }
+        Mutex::new(tx)
+    })
+}
+
+/// Whether a request may block long enough to stall its queue: it may copy up a
+/// file or a tree, or waits for the disk.
+fn hand_off(u: &Union, h: &abi::InHeader) -> bool {
+    match h.opcode {
+        abi::OPEN | abi::SETATTR | abi::SETXATTR | abi::REMOVEXATTR => d::may_copy_up(u, h.nodeid),
+        abi::LINK | abi::RENAME | abi::RENAME2 | abi::FSYNC | abi::FALLOCATE | abi::COPY_FILE_RANGE => true,
+        _ => false,
+    }
+}
+
 fn queue_thread(
     u: Arc<Union>,
     q: usize,
@@ -162,11 +215,11 @@ fn register_sqe(fd: i32, q: usize, i: usize, e: &mut Ent) -> squeue::Entry128 {
     sys::uring_cmd(fd, sys::CMD_REGISTER, q as u16, 0, Some(e.iov.as_ptr()), i as u64)
 }
 
-fn serve_queue(u: &Union, q: usize, ring: Ring, dev: &OwnedFd, fell_back: &AtomicBool) {
+fn serve_queue(u: &Arc<Union>, q: usize, ring: Ring, dev: &OwnedFd, fell_back: &AtomicBool) {
     let fd = dev.as_raw_fd();
     // Fault injection for the tests: a payload buffer the kernel refuses.
     let bad = std::env::var_os("STRATA_TEST_URING_REGISTER_FAIL").is_some();
-    let mut ents: Vec<Ent> = (0..ENTRIES)
+    let mut ents: Vec<Option<Ent>> = (0..ENTRIES)
         .map(|_| {
             let mut hdr = vec![0u8; sys::HDR_LEN].into_boxed_slice();
             let mut payload = vec![0u8; PAYLOAD].into_boxed_slice();
@@ -180,21 +233,38 @@ fn serve_queue(u: &Union, q: usize, ring: Ring, dev: &OwnedFd, fell_back: &Atomi
                     iov_len: if bad { 16 } else { payload.len() },
                 },
             ]);
-            Ent {
+            Some(Ent {
                 hdr,
                 payload,
                 iov,
                 registered: false,
-            }
+            })
         })
         .collect();
+    let wake = match rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC) {
+        Ok(fd) => Arc::new(fd),
+        Err(e) => {
+            tracing::warn!("FUSE over io_uring, queue {q}: eventfd: {e}");
+            return;
+        }
+    };
+    let mut wake_buf = Box::new([0u8; 8]);
+    let (back_tx, back_rx) = channel();
     // Declared after the buffers so that it is dropped (and the kernel lets go of
     // them) first.
     let mut ring = ring;
+
     for (i, e) in ents.iter_mut().enumerate() {
-        let sqe = register_sqe(fd, q, i, e);
+        let sqe = register_sqe(fd, q, i, e.as_mut().expect("all here"));
         push(&mut ring, &sqe);
     }
+    let arm_wake = |ring: &mut Ring, buf: &mut [u8; 8]| {
+        let sqe = io_uring::opcode::Read::new(io_uring::types::Fd(wake.as_raw_fd()), buf.as_mut_ptr(), 8)
+            .build()
+            .user_data(WAKE);
+        push(ring, &sqe.into());
+    };
+    arm_wake(&mut ring, &mut wake_buf);
     let started = Instant::now();
     let mut served = false;
     loop {
@@ -212,7 +282,20 @@ fn serve_queue(u: &Union, q: usize, ring: Ring, dev: &OwnedFd, fell_back: &Atomi
             .collect();
         let mut released = Vec::new();
         for (i, res) in done {
-            let Some(e) = ents.get_mut(i) else { continue };
+            if i as u64 == WAKE {
+                // Workers done: their answers go out now.
+                while let Ok((i, ent, unique, release)) = back_rx.try_recv() {
+                    ents[i] = Some(ent);
+                    if let Some(fh) = release {
+                        released.push(fh);
+                    }
+                    let sqe = sys::uring_cmd(fd, sys::CMD_COMMIT_AND_FETCH, q as u16, unique, None, i as u64);
+                    push(&mut ring, &sqe);
+                }
+                arm_wake(&mut ring, &mut wake_buf);
+                continue;
+            }
+            let Some(Some(e)) = ents.get_mut(i) else { continue };
             if res == -libc::EAGAIN && !e.registered && started.elapsed() < Duration::from_secs(10) {
                 // The kernel has not finished taking INIT's answer yet.
                 std::thread::sleep(Duration::from_millis(1));
@@ -247,6 +330,23 @@ fn serve_queue(u: &Union, q: usize, ring: Ring, dev: &OwnedFd, fell_back: &Atomi
                 tracing::info!("io_uring queue {q}: serving requests");
             }
             e.registered = true;
+            let h = abi::InHeader::parse(&e.hdr[..abi::IN_HEADER_LEN]);
+            if hand_off(u, &h) {
+                let ent = ents[i].take().expect("present");
+                let job = Job {
+                    u: u.clone(),
+                    i,
+                    ent,
+                    back: back_tx.clone(),
+                    wake: wake.clone(),
+                };
+                if let Err(std::sync::mpsc::SendError(job)) = workers().lock().unwrap().send(job) {
+                    ents[i] = Some(job.ent);
+                } else {
+                    continue;
+                }
+            }
+            let Some(e) = ents[i].as_mut() else { continue };
             let (unique, release) = answer(u, e);
             if let Some(fh) = release {
                 released.push(fh);
@@ -266,9 +366,10 @@ fn serve_queue(u: &Union, q: usize, ring: Ring, dev: &OwnedFd, fell_back: &Atomi
 }
 
 fn push(ring: &mut Ring, sqe: &squeue::Entry128) {
-    // SAFETY: the entry's buffers (the iovecs and what they point at, owned by `ents`
-    // in serve_queue) live as long as the ring, which is dropped first when the
-    // thread returns; a COMMIT carries no pointer.
+    // SAFETY: what an entry points at lives as long as the ring: the iovecs and
+    // buffers of ring entries (owned by `ents` in serve_queue, or by a worker while it
+    // answers, when the kernel does not touch them) and the eventfd read's buffer,
+    // all declared before the ring, which is dropped first; a COMMIT carries no pointer.
     while unsafe { ring.submission().push(sqe) }.is_err() {
         let _ = ring.submit();
     }
@@ -289,7 +390,12 @@ fn answer(u: &Union, e: &mut Ent) -> (u64, Option<u64>) {
         Some(n) if !matches!(a, Answer::Err(_)) => (n, 0),
         _ => encode(a, &mut e.payload, u.ttl),
     };
-    abi::out_header(&mut e.hdr[..abi::OUT_HEADER_LEN], (abi::OUT_HEADER_LEN + len) as u32, -err, h.unique);
+    abi::out_header(
+        &mut e.hdr[..abi::OUT_HEADER_LEN],
+        (abi::OUT_HEADER_LEN + len) as u32,
+        -err,
+        h.unique,
+    );
     e.hdr[sys::ENT_PAYLOAD_SZ..sys::ENT_PAYLOAD_SZ + 4].copy_from_slice(&(len as u32).to_ne_bytes());
     (commit_id, release)
 }
@@ -344,8 +450,9 @@ fn request(
         return (a, Some(l.w.n));
     }
     let mut p = Rd::new(&payload[..psz]);
-    let mut no_backing =
-        |_: BorrowedFd<'_>| -> std::io::Result<fuser::BackingId> { Err(std::io::Error::from_raw_os_error(libc::ENOTSUP)) };
+    let mut no_backing = |_: BorrowedFd<'_>| -> std::io::Result<fuser::BackingId> {
+        Err(std::io::Error::from_raw_os_error(libc::ENOTSUP))
+    };
     let a = match h.opcode {
         abi::LOOKUP => d::lookup(u, ino, p.name()),
         abi::GETATTR => {

@@ -1253,6 +1253,12 @@ fn listings_during_concurrent_changes_show_each_name_once() {
 /// first open's answer, so the test does not depend on the scheduler.
 #[test]
 fn opens_answered_after_a_copy_was_completed_meanwhile_succeed() {
+    if std::env::var("STRATA_TEST_TRANSPORT").is_ok_and(|v| v == "uring") {
+        // Opens answered over the rings never pass through, and the pause this test
+        // injects then holds every open, so its order of events does not happen.
+        eprintln!("skipped: no FUSE passthrough under the io_uring transport");
+        return;
+    }
     for writer in [true, false] {
         let what = if writer { "write-only open" } else { "read-only open" };
         let s = Stack::new(1);
