@@ -50,8 +50,13 @@ fn fuse_config(u: &Union) -> fuser::Config {
     // workers (the kernel queues a FORGET after each unlink). On 2 cores, in the same
     // bench run, 8 workers against 4: unlink 10k 668 against 859 ms, warm git status
     // 14.5 against 19.2 ms, tar c 580 against 633 ms; 4 had been ~10% ahead of 2.
+    // When the kernel offers FUSE over io_uring, the rings will carry the requests,
+    // and fuser's threads only see FORGET and INTERRUPT: two are enough. (Should the
+    // rings be refused, those two serve the mount.)
     let threads = if cfg.threads > 0 {
         cfg.threads
+    } else if cfg.io_uring != crate::config::UringMode::Off && crate::uring::offered() {
+        2
     } else {
         std::thread::available_parallelism()
             .map(|n| n.get() * 4)

@@ -63,6 +63,11 @@ impl Rings {
     }
 }
 
+/// Whether the kernel offers FUSE over io_uring to new mounts now (its module switch).
+pub fn offered() -> bool {
+    std::fs::read_to_string("/sys/module/fuse/parameters/enable_uring").is_ok_and(|v| v.trim() == "Y")
+}
+
 /// The INIT decision for `fs::negotiate`: whether to take FUSE over io_uring.
 pub fn choice(u: Arc<Union>, rings: Rings) -> crate::fs::UringChoice {
     Box::new(move |offered| {
