@@ -15,6 +15,9 @@
 #      SKIP_XFSTESTS=1 leaves it out, XFSTESTS_TESTS="-g quick" runs the whole group);
 #   8. unionmount-testsuite --ov and --ov=10 (tests/unionmount/run.sh;
 #      SKIP_UNIONMOUNT=1 leaves it out);
+#   9. the integration tests again under the FUSE-over-io_uring transport
+#      (STRATA_TEST_TRANSPORT=uring) when the kernel has it: enable_uring is
+#      turned on for that run and restored (SKIP_URING=1 leaves it out);
 # then prints a summary and exits non-zero if anything failed. No mount or
 # daemon is left behind, whatever happens.
 set -euo pipefail
@@ -81,9 +84,18 @@ unmount_all() {
 leaked_mounts() {
     awk -v w="$WORK/" 'index($5, w) == 1 {print $5}' /proc/self/mountinfo
 }
+URING_PARAM=/sys/module/fuse/parameters/enable_uring
+URING_PREV=
+restore_uring() {
+    if [ -n "$URING_PREV" ]; then
+        echo "$URING_PREV" > "$URING_PARAM" || echo "could not restore $URING_PARAM to $URING_PREV" >&2
+        URING_PREV=
+    fi
+}
 finish() {
     local rc=$?
     unmount_all
+    restore_uring
     if [ "$rc" -eq 0 ]; then
         rm -rf "$WORK"
     else
@@ -301,6 +313,42 @@ leaks=$(leaked_mounts)
 if [ -n "$leaks" ]; then
     summary+=("leaked mounts: $(echo $leaks)")
     total_fail=$((total_fail + 1))
+fi
+
+# ---------------------------------------------------------------- io_uring
+# The integration tests a second time, mounted with -o io_uring=on. The kernel
+# offers FUSE over io_uring only while enable_uring is on (off by default).
+if [ -n "${SKIP_URING:-}" ]; then
+    summary+=("io_uring:    skipped (SKIP_URING set)")
+elif [ ! -w "$URING_PARAM" ]; then
+    summary+=("io_uring:    skipped (no $URING_PARAM: kernel without CONFIG_FUSE_IO_URING)")
+else
+    say "cargo test (integration tests) under the io_uring transport"
+    URING_PREV=$(cat "$URING_PARAM")
+    if ! echo Y > "$URING_PARAM" 2>/dev/null; then
+        URING_PREV=
+        summary+=("io_uring:    skipped (could not turn $URING_PARAM on)")
+    else
+        echo "enable_uring turned on for this run (was $URING_PREV; restored afterwards)"
+        set +e
+        STRATA_TEST_TRANSPORT=uring TMPDIR=$WORK/tmp timeout -k 30 1200 \
+            cargo test -p strata --tests --no-fail-fast 2>&1 | tee "$WORK/cargo-test-uring.log"
+        uring_rc=${PIPESTATUS[0]}
+        set -e
+        restore_uring
+        read -r u_pass u_fail u_ign < <(awk '/^test result:/ {p += $4; f += $6; i += $8} END {print p+0, f+0, i+0}' "$WORK/cargo-test-uring.log")
+        if [ "$uring_rc" -ne 0 ] && [ "$u_fail" -eq 0 ]; then u_fail=1; fi
+        summary+=("io_uring:    $u_pass passed, $u_fail failed, $u_ign ignored (exit $uring_rc)")
+        total_pass=$((total_pass + u_pass))
+        total_fail=$((total_fail + u_fail))
+        grep -E "^test .* FAILED$" "$WORK/cargo-test-uring.log" | sed 's/^/    (io_uring) /' >> "$WORK/cargo-failed.txt" || true
+    fi
+    leaks=$(leaked_mounts)
+    if [ -n "$leaks" ]; then
+        summary+=("leaked mounts after the io_uring run: $(echo $leaks)")
+        total_fail=$((total_fail + 1))
+        unmount_all
+    fi
 fi
 
 # ---------------------------------------------------------------- summary

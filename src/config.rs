@@ -14,6 +14,18 @@ pub enum WhiteoutForm {
     Overlay,
 }
 
+/// Whether the mount takes FUSE over io_uring (`io_uring=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum UringMode {
+    /// When the kernel offers it (`enable_uring` on), quietly falling back otherwise.
+    #[default]
+    Auto,
+    /// As auto, with a warning when the mount cannot have it.
+    On,
+    /// Always the classic /dev/fuse transport.
+    Off,
+}
+
 /// One `container:host:size` triple of a uid/gid mapping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IdMap {
@@ -48,6 +60,8 @@ pub struct Config {
     pub metacopy: bool,
     /// Pass reads and writes straight to backing files (FUSE passthrough) when possible.
     pub passthrough: bool,
+    /// FUSE over io_uring (`io_uring=auto|on|off`).
+    pub io_uring: UringMode,
     /// Clear set-id bits and file capabilities on writes here (FUSE_HANDLE_KILLPRIV_V2)
     /// instead of the kernel asking for `security.capability` before every write.
     pub killpriv: bool,
@@ -99,6 +113,7 @@ impl Default for Config {
             squash_to_gid: None,
             metacopy: false,
             passthrough: true,
+            io_uring: UringMode::Auto,
             killpriv: true,
             unlabeled_enotsup: true,
             timeout: Duration::from_secs(86400),
@@ -318,6 +333,14 @@ pub fn apply_opts(cfg: &mut Config, opts: &str) -> Result<(), String> {
             }
             "threads" => cfg.threads = number(key, need(key, val)?)?,
             "passthrough" => cfg.passthrough = number::<u8>(key, need(key, val)?)? != 0,
+            "io_uring" => {
+                cfg.io_uring = match need(key, val)? {
+                    "auto" => UringMode::Auto,
+                    "on" | "1" => UringMode::On,
+                    "off" | "0" => UringMode::Off,
+                    v => return Err(format!("io_uring={v}: expected auto, on or off")),
+                }
+            }
             "killpriv" => cfg.killpriv = number::<u8>(key, need(key, val)?)? != 0,
             "unlabeled" => {
                 cfg.unlabeled_enotsup = match need(key, val)? {

@@ -1,11 +1,13 @@
 //! strata: a union filesystem in userspace. Read-only lower layers merged with one
 //! writable upper layer, served over FUSE.
 
+pub mod abi;
 pub mod attr;
 pub mod cmd;
 pub mod config;
 pub mod copy_up;
 pub mod dir;
+pub mod dispatch;
 pub mod file;
 pub mod fs;
 pub mod inode;
@@ -14,5 +16,7 @@ pub mod lookup;
 pub mod mount;
 pub mod override_stat;
 pub mod readdir;
+pub mod sys;
 pub mod union;
+pub mod uring;
 pub mod whiteout;

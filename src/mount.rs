@@ -76,8 +76,13 @@ fn fuse_config(u: &Union) -> fuser::Config {
     // workers (the kernel queues a FORGET after each unlink). On 2 cores, in the same
     // bench run, 8 workers against 4: unlink 10k 668 against 859 ms, warm git status
     // 14.5 against 19.2 ms, tar c 580 against 633 ms; 4 had been ~10% ahead of 2.
+    // When the kernel offers FUSE over io_uring, the rings will carry the requests,
+    // and fuser's threads only see FORGET and INTERRUPT: two are enough. (Should the
+    // rings be refused, those two serve the mount.)
     let threads = if cfg.threads > 0 {
         cfg.threads
+    } else if cfg.io_uring != crate::config::UringMode::Off && crate::uring::offered() {
+        2
     } else {
         std::thread::available_parallelism()
             .map(|n| n.get() * 4)
@@ -135,7 +140,10 @@ fn serve(union: Union, notify: Option<OwnedFd>) -> Result<(), String> {
     let flags = mount_flags(&union);
     let signals = block_signals();
     let notifier = union.notifier.clone();
-    let fs = crate::fs::StrataFs::new(union);
+    let union = std::sync::Arc::new(union);
+    let rings = crate::uring::Rings::default();
+    let choice = crate::uring::choice(union.clone(), rings.clone());
+    let fs = crate::fs::StrataFs::new(union, Some(choice));
     let mounted = if rustix::process::geteuid().is_root() {
         mount_fuse(fs, &mountpoint, &fsname, &config, flags)
     } else {
@@ -162,6 +170,8 @@ fn serve(union: Union, notify: Option<OwnedFd>) -> Result<(), String> {
             return Err(msg);
         }
     };
+    // INIT is answered: the io_uring queues (if the mount took them) register now.
+    rings.start(std::os::fd::AsFd::as_fd(&session));
     tracing::info!("mounted on {}", mountpoint.display());
     let _ = notifier.set(session.notifier());
     report_live(notify);

@@ -750,13 +750,23 @@ fn kept_lower_directories_are_bounded() {
     }
     let m = s.mount();
     let pid = m.pid();
+    // One answered request first: the daemon's own fds (its transport's, opened
+    // around INIT) are all there by then.
+    fs::metadata(s.m("")).unwrap();
     let fd0 = fd_count(pid);
     for d in 0..400 {
         assert_eq!(read(s.m(&format!("d{d}/f"))), "x");
     }
-    let fd1 = fd_count(pid);
     // 64 kept in the bottom layer, plus the kept knowledge that 63 layers have no
-    // such directory (no fd), plus a few for files still open in the kernel's cache.
+    // such directory (no fd), plus a few for files still open in the kernel's cache:
+    // their RELEASE is sent in the background after close(2), and may still be on its
+    // way.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut fd1 = fd_count(pid);
+    while fd1 > fd0 + 64 + 8 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        fd1 = fd_count(pid);
+    }
     assert!(
         fd1 <= fd0 + 64 + 8,
         "daemon fds: {fd0} before, {fd1} after 400 directories"
@@ -1255,6 +1265,12 @@ fn listings_during_concurrent_changes_show_each_name_once() {
 /// first open's answer, so the test does not depend on the scheduler.
 #[test]
 fn opens_answered_after_a_copy_was_completed_meanwhile_succeed() {
+    if std::env::var("STRATA_TEST_TRANSPORT").is_ok_and(|v| v == "uring") {
+        // Opens answered over the rings never pass through, and the pause this test
+        // injects then holds every open, so its order of events does not happen.
+        eprintln!("skipped: no FUSE passthrough under the io_uring transport");
+        return;
+    }
     for writer in [true, false] {
         let what = if writer { "write-only open" } else { "read-only open" };
         let s = Stack::new(1);

@@ -283,6 +283,7 @@ fn run(args: &[String]) -> Res<i32> {
     if systems.is_empty() {
         return Err("no system to benchmark".into());
     }
+    let _uring = mounts::UringSwitch::on_if_needed(&systems)?;
 
     let fixtures = Fixtures::new(&cfg)?;
     let fio = util::which("fio");

@@ -27,6 +27,8 @@ pub struct System {
     /// Column heading, with the version where known.
     pub label: String,
     pub bin: Option<PathBuf>,
+    /// Extra `-o` options for this system's mounts.
+    pub opts: &'static str,
 }
 
 impl System {
@@ -35,7 +37,47 @@ impl System {
     }
 }
 
-pub const ALL_IDS: [&str; 5] = ["kernel", "strata", "strata-base", "fuse-overlayfs", "fuse-overlayfs2"];
+pub const ALL_IDS: [&str; 6] = [
+    "kernel",
+    "strata",
+    "strata-uring",
+    "strata-base",
+    "fuse-overlayfs",
+    "fuse-overlayfs2",
+];
+
+/// The kernel's switch for FUSE over io_uring (off by default).
+pub const URING_PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
+
+/// Turns enable_uring on for the run when a `strata-uring` column is benchmarked,
+/// and puts back what it was when dropped (also on an error or an interruption).
+pub struct UringSwitch {
+    prev: Option<String>,
+}
+
+impl UringSwitch {
+    pub fn on_if_needed(systems: &[System]) -> Res<UringSwitch> {
+        if !systems.iter().any(|s| s.id == "strata-uring") {
+            return Ok(UringSwitch { prev: None });
+        }
+        let prev = fs::read_to_string(URING_PARAM).ctx(|| format!("reading {URING_PARAM}"))?;
+        let prev = prev.trim().to_string();
+        fs::write(URING_PARAM, "Y").ctx(|| format!("turning {URING_PARAM} on"))?;
+        eprintln!("{URING_PARAM} turned on for this run (was {prev}; restored at the end): strata-uring mounts with -o io_uring=on, strata with -o io_uring=off");
+        Ok(UringSwitch { prev: Some(prev) })
+    }
+}
+
+impl Drop for UringSwitch {
+    fn drop(&mut self) {
+        if let Some(prev) = self.prev.take() {
+            match fs::write(URING_PARAM, &prev) {
+                Ok(()) => eprintln!("{URING_PARAM} restored to {prev}"),
+                Err(e) => eprintln!("could not restore {URING_PARAM} to {prev}: {e}"),
+            }
+        }
+    }
+}
 
 fn version_of(bin: &Path) -> Option<String> {
     let out = Command::new(bin).arg("--version").stdin(Stdio::null()).output().ok()?;
@@ -105,6 +147,7 @@ pub fn detect(cfg: &Config) -> Res<(Vec<System>, Vec<String>)> {
                 id: "kernel",
                 label: "kernel".into(),
                 bin: None,
+                opts: "",
             });
         } else {
             skipped.push("kernel: overlay is not in /proc/filesystems (modprobe overlay?)".into());
@@ -120,8 +163,30 @@ pub fn detect(cfg: &Config) -> Res<(Vec<System>, Vec<String>)> {
                     id: "strata",
                     label: "strata".into(),
                     bin: Some(bin),
+                    opts: "io_uring=off",
                 }),
                 Err(e) => skipped.push(format!("strata: {e}")),
+            }
+        }
+    }
+    // The same binary over FUSE-over-io_uring (enable_uring is turned on for the run).
+    if wanted("strata-uring") {
+        if !fuse_ok {
+            skipped.push("strata-uring: /dev/fuse is missing".into());
+        } else if !Path::new(URING_PARAM).exists() {
+            skipped.push(format!(
+                "strata-uring: no {URING_PARAM} (kernel without CONFIG_FUSE_IO_URING)"
+            ));
+        } else {
+            match strata_bin(cfg) {
+                Ok(bin) => systems.push(System {
+                    kind: Kind::Strata,
+                    id: "strata-uring",
+                    label: "strata-uring".into(),
+                    bin: Some(bin),
+                    opts: "io_uring=on",
+                }),
+                Err(e) => skipped.push(format!("strata-uring: {e}")),
             }
         }
     }
@@ -134,6 +199,7 @@ pub fn detect(cfg: &Config) -> Res<(Vec<System>, Vec<String>)> {
                 id: "strata-base",
                 label: "strata (base)".into(),
                 bin: Some(bin),
+                opts: "",
             });
         } else {
             skipped.push(format!(
@@ -189,6 +255,7 @@ pub fn detect(cfg: &Config) -> Res<(Vec<System>, Vec<String>)> {
                 id,
                 label: format!("fuse-overlayfs {v}"),
                 bin: Some(bin),
+                opts: "",
             });
         }
     }
@@ -278,6 +345,9 @@ impl Mount {
                     m.upper.display(),
                     work.display()
                 );
+                if !sys.opts.is_empty() {
+                    opts = format!("{opts},{}", sys.opts);
+                }
                 if !extra.is_empty() {
                     opts = format!("{opts},{extra}");
                 }

@@ -489,6 +489,26 @@ impl Output {
     }
 }
 
+/// The transport the tests run under: `STRATA_TEST_TRANSPORT=uring` mounts with
+/// `-o io_uring=on` (scripts/test.sh turns /sys/module/fuse/parameters/enable_uring
+/// on for that run and restores it); anything else, the default, is the classic one.
+pub fn uring_transport() -> bool {
+    std::env::var("STRATA_TEST_TRANSPORT").is_ok_and(|v| v == "uring")
+}
+
+/// Whether the kernel offers FUSE over io_uring now (the module switch is on).
+pub fn uring_enabled() -> bool {
+    fs::read_to_string("/sys/module/fuse/parameters/enable_uring").is_ok_and(|v| v.trim() == "Y")
+}
+
+fn transport_args() -> Vec<OsString> {
+    if uring_transport() {
+        vec!["-o".into(), "io_uring=on".into()]
+    } else {
+        Vec::new()
+    }
+}
+
 /// A live strata mount served by a foreground daemon that this test owns.
 pub struct Mount {
     mnt: PathBuf,
@@ -525,9 +545,16 @@ impl Mount {
     /// the mount point `mnt`) and waits until `mnt` is a FUSE mount. Errors
     /// carry the daemon's output when it exits first or the wait times out.
     pub fn start(args: &[OsString], mnt: &Path, lowers: &[PathBuf]) -> Result<Mount, String> {
+        Mount::start_env(args, mnt, lowers, &[])
+    }
+
+    /// Like [`Mount::start`], with extra environment variables for the daemon.
+    pub fn start_env(args: &[OsString], mnt: &Path, lowers: &[PathBuf], env: &[(&str, &str)]) -> Result<Mount, String> {
         let lowers = lowers.iter().map(|l| (l.clone(), Snapshot::of(l))).collect();
         let mut child = Command::new(STRATA)
+            .args(transport_args())
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -908,9 +935,14 @@ impl Fixture {
     }
 
     pub fn try_mount_args(&self, args: &[&str]) -> Result<Mount, String> {
+        self.try_mount_args_env(args, &[])
+    }
+
+    /// Like [`Fixture::try_mount_args`], with extra environment variables for the daemon.
+    pub fn try_mount_args_env(&self, args: &[&str], env: &[(&str, &str)]) -> Result<Mount, String> {
         let mut a: Vec<OsString> = args.iter().map(OsString::from).collect();
         a.push(self.mnt.clone().into_os_string());
-        Mount::start(&a, &self.mnt, &self.lower_paths())
+        Mount::start_env(&a, &self.mnt, &self.lower_paths(), env)
     }
 
     /// Names the upper layer holds at its top level, work dir excluded.

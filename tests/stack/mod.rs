@@ -128,7 +128,10 @@ impl Mount {
 
     /// Like [`Mount::start`], with extra environment variables for the daemon.
     pub fn start_env(opts: &str, mnt: &Path, env: &[(&str, &str)]) -> Mount {
+        // STRATA_TEST_TRANSPORT=uring: the io_uring transport (see tests/common).
+        let uring = std::env::var("STRATA_TEST_TRANSPORT").is_ok_and(|v| v == "uring");
         let child = Command::new(STRATA)
+            .args(if uring { &["-o", "io_uring=on"][..] } else { &[] })
             .args(["-f", "-o", opts])
             .arg(mnt)
             .envs(env.iter().copied())
