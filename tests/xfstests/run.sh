@@ -195,9 +195,11 @@ EOF
     cat > "$BIN/fuse-overlayfs" <<EOF
 #!/bin/sh
 # fuse-overlayfs SOURCE MOUNTPOINT [-o OPTS]: SOURCE is xfstests:DIR, DIR holding lower/ upper/ work/
+# Its messages (it says "unknown argument ignored: lazytime" at every start)
+# would land in the tests' output: they go to a log.
 src=\$1 d=\${1#xfstests:} mnt=\$2
 shift 2
-XFSTESTS_FSNAME=\$src LD_PRELOAD=$WORK/fsname.so exec "$PROG" -o "lowerdir=\$d/lower,upperdir=\$d/upper,workdir=\$d/work,allow_other" "\$@" "\$mnt"
+XFSTESTS_FSNAME=\$src LD_PRELOAD=$WORK/fsname.so exec "$PROG" -o "lowerdir=\$d/lower,upperdir=\$d/upper,workdir=\$d/work,allow_other" "\$@" "\$mnt" 2>>"$WORK/fuse-overlayfs.log"
 EOF
 fi
 cat > "$BIN/df" <<EOF
@@ -221,6 +223,14 @@ EOF
 # shellcheck disable=SC2206
 TESTS=(${XFSTESTS_TESTS:-$(grep -v '^#' "$HERE/default")})
 say "xfstests on $FS: ./check ${TESTS[*]}"
+# fuse-overlayfs 1.10 never answers a trusted.* setxattr on a symlink here
+# (generic/062 hangs): the test is left out and counted as failed.
+hangs=()
+if [ "$FS" = fuse-overlayfs ]; then
+    hangs=(generic/062)
+    printf '%s\n' "${hangs[@]}" > "$WORK/hangs"
+    TESTS=(-E "$WORK/hangs" "${TESTS[@]}")
+fi
 # A hung test would hold the run until the limit: 30 min for the default
 # subset (it takes about 5), 2 h for a group.
 limit=${XFSTESTS_TIMEOUT:-$([ -n "${XFSTESTS_TESTS:-}" ] && echo 7200 || echo 1800)}
@@ -269,6 +279,11 @@ if [ "$FS" = strata ]; then
 else
     # For comparison only: every failure counts, none fails the run.
     for t in $failed; do echo "  failed: $t"; done
+    for t in "${hangs[@]}"; do
+        if echo "$ran" | grep -qx "$t" || ! printf '%s\n' "${TESTS[@]}" | grep -qx "$t\|-g"; then continue; fi
+        echo "  failed (hangs, left out): $t"
+        n_failed=$((n_failed + 1))
+    done
     echo "$n_passed passed, $n_failed failed, $n_notrun skipped"
     exit 0
 fi
