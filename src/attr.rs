@@ -188,6 +188,9 @@ impl Union {
 
     /// getattr: through an open handle when given (works for unlinked files), else by path.
     pub fn getattr(&self, node: &Node, fh: Option<u64>) -> Result<Stat> {
+        // A node's names move only under the namespace lock (renames hold it alone):
+        // held here, the name used is the node's own, not what a rename just put there.
+        let _ns = self.ns.read_recursive();
         if let Some(h) = fh.and_then(|fh| self.files.get(fh).ok()) {
             if h.node.ino == node.ino {
                 return rfs::fstat(&*self.read_fd(&h)?);
@@ -355,6 +358,9 @@ impl Union {
     /// `ls -l` and libselinux users then stop asking for the rest of the mount, which
     /// spares a round trip per file listed. A label that is there is returned.
     pub fn getxattr(&self, node: &Node, name: &OsStr) -> Result<Vec<u8>> {
+        // A node's names move only under the namespace lock (renames hold it alone):
+        // held here, the name used is the node's own, not what a rename just put there.
+        let _ns = self.ns.read_recursive();
         match self.xattr_value(node, name) {
             Err(Errno::NODATA) if self.cfg.unlabeled_enotsup && name.as_bytes() == SELINUX_XATTR => Err(Errno::NOTSUP),
             r => r,
@@ -383,6 +389,9 @@ impl Union {
 
     /// The xattr names, as the NUL-separated list listxattr returns.
     pub fn listxattr(&self, node: &Node) -> Result<Vec<u8>> {
+        // A node's names move only under the namespace lock (renames hold it alone):
+        // held here, the name used is the node's own, not what a rename just put there.
+        let _ns = self.ns.read_recursive();
         let fd = self.xattr_fd(node, node.top())?;
         let mut out = Vec::new();
         for n in fd.list()? {
@@ -438,6 +447,9 @@ impl Union {
         if mask & libc::W_OK != 0 && !self.writable {
             return Err(Errno::ROFS);
         }
+        // A node's names move only under the namespace lock (renames hold it alone):
+        // held here, the name used is the node's own, not what a rename just put there.
+        let _ns = self.ns.read_recursive();
         self.stat_node(node).map(|_| ())
     }
 

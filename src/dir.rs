@@ -647,6 +647,9 @@ impl Union {
     }
 
     pub fn readlink(&self, node: &Node) -> Result<Vec<u8>> {
+        // A node's names move only under the namespace lock (renames hold it alone):
+        // held here, the name used is the node's own, not what a rename just put there.
+        let _ns = self.ns.read_recursive();
         let path = node.path()?;
         let (parent, name) = split(&path);
         let dir = self.layers[node.top()].dir(parent)?.ok_or(Errno::NOENT)?;

@@ -180,8 +180,10 @@ impl Union {
         if write && !self.writable {
             return Err(Errno::ROFS);
         }
+        // A node's names move only under the namespace lock (renames hold it alone):
+        // held here, the name used is the node's own, not what a rename just put there.
+        let _ns = self.ns.read_recursive();
         if write {
-            let _ns = self.ns.read_recursive();
             if flags & libc::O_TRUNC != 0 {
                 self.copy_up_truncated(node)?;
             } else if lazy {

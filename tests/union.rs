@@ -475,6 +475,60 @@ fn a_fifo_put_behind_the_mount_in_place_of_a_file_never_hangs_an_open() {
 }
 
 #[test]
+fn opens_racing_with_exchanges_read_the_file_they_opened() {
+    // A rename moves the node's names while the kernel may already be asking for the
+    // node (an OPEN, a READLINK): answered from the name a rename just gave another
+    // entry, an open read the other file's data under this file's inode number.
+    let s = Stack::new(1);
+    write(s.l(0, "a"), "AAAA");
+    write(s.l(0, "b"), "BBBB");
+    let _m = s.mount();
+    rename2(&s.m("a"), &s.m("b"), libc::RENAME_EXCHANGE).unwrap();
+    rename2(&s.m("a"), &s.m("b"), libc::RENAME_EXCHANGE).unwrap();
+    let (ia, ib) = (ino(&s.m("a")), ino(&s.m("b")));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (st, ap, bp) = (stop.clone(), s.m("a"), s.m("b"));
+    let swapper = std::thread::spawn(move || {
+        let mut n = 0;
+        while !st.load(std::sync::atomic::Ordering::Relaxed) {
+            rename2(&ap, &bp, libc::RENAME_EXCHANGE).unwrap();
+            n += 1;
+        }
+        n
+    });
+    let t0 = std::time::Instant::now();
+    let (mut bad, mut opens) = (Vec::new(), 0);
+    while t0.elapsed() < std::time::Duration::from_secs(3) {
+        for name in ["a", "b"] {
+            let Ok(mut f) = fs::File::open(s.m(name)) else { continue };
+            opens += 1;
+            let i = f.metadata().unwrap().ino();
+            let mut d = String::new();
+            std::io::Read::read_to_string(&mut f, &mut d).unwrap();
+            let want = if i == ia {
+                "AAAA"
+            } else if i == ib {
+                "BBBB"
+            } else {
+                "?"
+            };
+            if d != want {
+                bad.push(format!("{name}: inode {i:#x} read {d:?}"));
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    assert!(swaps > 0 && opens > 0);
+    assert!(
+        bad.is_empty(),
+        "{} opens of {opens} read another file's data ({swaps} exchanges): {:?}",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
+}
+
+#[test]
 fn inode_numbers_are_stable_across_copy_up_and_unique_across_layers() {
     let s = Stack::new(3);
     for i in 0..3 {
