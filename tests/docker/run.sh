@@ -37,14 +37,7 @@ failed=0
 skipped=0
 T=
 
-say() { printf '%s\n' "$*"; }
-pass() { passed=$((passed + 1)); say "PASS: $1"; }
-fail() {
-    failed=$((failed + 1))
-    say "FAIL: $1"
-    if [ -n "${2:-}" ]; then printf '%s\n' "$2" | head -n 40 | sed 's/^/    | /'; fi
-}
-die() { say "run.sh: $*" >&2; exit 2; }
+. "$(dirname "$0")/../e2e-lib.sh"
 
 [ "$(id -u)" = 0 ] || die "must run as root"
 
@@ -135,22 +128,6 @@ stop_daemon() {
     return 1
 }
 
-mounts_under_t() {
-    awk -v t="$T/" 'index($5, t) == 1 { print $5 }' /proc/self/mountinfo | sort -r
-}
-fuse_mounts_under_t() {
-    awk -v t="$T/" 'index($5, t) == 1 && $0 ~ / - fuse/ { print $5 }' /proc/self/mountinfo
-}
-pids_under_t() {
-    local f pid
-    for f in /proc/[0-9]*/cmdline; do
-        pid=${f#/proc/}
-        pid=${pid%/cmdline}
-        [ "$pid" = $$ ] || [ "$pid" = "$BASHPID" ] && continue
-        { tr '\0' ' ' <"$f"; } 2>/dev/null | grep -qF -- "$T/" && echo "$pid"
-    done
-    return 0
-}
 # Pids under $T whose program is $1.
 pids_of() {
     local p
@@ -218,20 +195,6 @@ LISTING='cd /data && find . | sort | while read -r p; do
     if [ -f "$p" ]; then echo "$p: $(tr "\n" "|" <"$p")"; else echo "$p/"; fi
 done; stat -c "mode %a" keep/k.txt 2>/dev/null'
 
-expect_listing() {
-    local name=$1 want=$2 got
-    shift 2
-    if got=$("$@" 2>&1) && [ "$got" = "$want" ]; then
-        pass "$name"
-    else
-        fail "$name" "$(printf '(< expected, > got)\n'; diff <(printf '%s\n' "$want") <(printf '%s\n' "$got"))"
-    fi
-}
-check() {
-    local name=$1 out
-    shift
-    if out=$("$@" 2>&1); then pass "$name"; else fail "$name" "$out"; fi
-}
 cx() { dk exec "$1" sh -c "$2"; }
 drun() { dk run --network none "$@"; }
 
@@ -467,7 +430,6 @@ containerd_checks() {
     check "... with nothing left" no_fuse_left
 }
 
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
 # timing: `docker run --rm IMAGE true`, $RUNS times per program, in turns (one start each
 # per round, so that load from elsewhere on the machine spreads over both alike): daemon a

@@ -40,14 +40,7 @@ passed=0
 failed=0
 T=
 
-say() { printf '%s\n' "$*"; }
-pass() { passed=$((passed + 1)); say "PASS: $1"; }
-fail() {
-    failed=$((failed + 1))
-    say "FAIL: $1"
-    if [ -n "${2:-}" ]; then printf '%s\n' "$2" | head -n 40 | sed 's/^/    | /'; fi
-}
-die() { say "rootless.sh: $*" >&2; exit 2; }
+. "$(dirname "$0")/../e2e-lib.sh"
 
 [ "$(id -u)" = 0 ] || die "must run as root (it creates the test user)"
 
@@ -214,11 +207,6 @@ chown "$RL_UID:$RL_GID" "$T/home/containers.conf" "$T/home/registries.conf"
 
 pm() { as_user podman --cgroup-manager cgroupfs --events-backend file --runtime runc "$@"; }
 
-check() {
-    local name=$1 out
-    shift
-    if out=$("$@" 2>&1); then pass "$name"; else fail "$name" "$out"; fi
-}
 expect() {
     local name=$1 want=$2 got
     shift 2
@@ -462,7 +450,6 @@ EOF
     fi
 }
 
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
 timing() {
     [ "$RUNS" -gt 0 ] 2>/dev/null || return 0

@@ -29,15 +29,7 @@ passed=0
 failed=0
 T=
 
-say() { printf '%s\n' "$*"; }
-pass() { passed=$((passed + 1)); say "PASS: $1"; }
-# fail NAME [DETAIL]: DETAIL (podman's output, a diff, ...) is shown indented.
-fail() {
-    failed=$((failed + 1))
-    say "FAIL: $1"
-    if [ -n "${2:-}" ]; then printf '%s\n' "$2" | head -n 40 | sed 's/^/    | /'; fi
-}
-die() { say "run.sh: $*" >&2; exit 2; }
+. "$(dirname "$0")/../e2e-lib.sh"
 
 [ "$(id -u)" = 0 ] || die "must run as root"
 
@@ -135,25 +127,6 @@ export CONTAINERS_CONF=$T/containers.conf
 : >"$T/registries.conf"
 export CONTAINERS_REGISTRIES_CONF=$T/registries.conf
 
-# Mounts under $T, deepest first.
-mounts_under_t() {
-    awk -v t="$T/" 'index($5, t) == 1 { print $5 }' /proc/self/mountinfo | sort -r
-}
-fuse_mounts_under_t() {
-    awk -v t="$T/" 'index($5, t) == 1 && $0 ~ / - fuse/ { print $5 }' /proc/self/mountinfo
-}
-# Pids of processes whose command line names a path under $T (mount daemons, conmon, ...).
-pids_under_t() {
-    local f pid
-    for f in /proc/[0-9]*/cmdline; do
-        pid=${f#/proc/}
-        pid=${pid%/cmdline}
-        [ "$pid" = $$ ] || [ "$pid" = "$BASHPID" ] && continue
-        { tr '\0' ' ' <"$f"; } 2>/dev/null | grep -qF -- "$T/" && echo "$pid"
-    done
-    return 0
-}
-
 cleanup() {
     local rc=$? d m pid
     trap - EXIT INT TERM
@@ -220,24 +193,6 @@ import_base() {
 LISTING='cd /data && find . | sort | while read -r p; do
     if [ -f "$p" ]; then echo "$p: $(tr "\n" "|" <"$p")"; else echo "$p/"; fi
 done; stat -c "mode %a" keep/k.txt 2>/dev/null'
-
-# expect_listing NAME EXPECTED CMD...: runs CMD (which prints a listing), compares.
-expect_listing() {
-    local name=$1 want=$2 got
-    shift 2
-    if got=$("$@" 2>&1) && [ "$got" = "$want" ]; then
-        pass "$name"
-    else
-        fail "$name" "$(printf '(< expected, > got)\n'; diff <(printf '%s\n' "$want") <(printf '%s\n' "$got"))"
-    fi
-}
-
-# check NAME CMD...: PASS if CMD succeeds, else FAIL with its output.
-check() {
-    local name=$1 out
-    shift
-    if out=$("$@" 2>&1); then pass "$name"; else fail "$name" "$out"; fi
-}
 
 # cx CONTAINER SCRIPT: runs a shell script in a running container.
 cx() { pm exec "$1" sh -c "$2"; }
@@ -527,7 +482,6 @@ EOF
 # ---------------------------------------------------------------------------------------
 # Start times: `podman run --rm IMAGE true`, median of $RUNS, per mount program.
 
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
 # The stores are set up first, then timed in turns (one start each per round), so that
 # load from elsewhere on the machine spreads over all of them alike.

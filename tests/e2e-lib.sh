@@ -1,0 +1,57 @@
+# Helpers shared by the end-to-end scripts (tests/docker/run.sh, tests/podman/run.sh,
+# tests/podman/rootless.sh): PASS/FAIL counting, and what lives under the run's temp
+# dir $T. Sourced, not run; the scripts set `passed`, `failed` and `T`.
+
+say() { printf '%s\n' "$*"; }
+
+pass() { passed=$((passed + 1)); say "PASS: $1"; }
+
+# fail NAME [DETAIL]: DETAIL (a program's output, a diff, ...) is shown indented.
+fail() {
+    failed=$((failed + 1))
+    say "FAIL: $1"
+    if [ -n "${2:-}" ]; then printf '%s\n' "$2" | head -n 40 | sed 's/^/    | /'; fi
+}
+
+die() { say "${0##*/}: $*" >&2; exit 2; }
+
+# Mounts under $T, deepest first.
+mounts_under_t() {
+    awk -v t="$T/" 'index($5, t) == 1 { print $5 }' /proc/self/mountinfo | sort -r
+}
+
+fuse_mounts_under_t() {
+    awk -v t="$T/" 'index($5, t) == 1 && $0 ~ / - fuse/ { print $5 }' /proc/self/mountinfo
+}
+
+# Pids of processes whose command line names a path under $T (mount daemons, ...).
+pids_under_t() {
+    local f pid
+    for f in /proc/[0-9]*/cmdline; do
+        pid=${f#/proc/}
+        pid=${pid%/cmdline}
+        [ "$pid" = $$ ] || [ "$pid" = "$BASHPID" ] && continue
+        { tr '\0' ' ' <"$f"; } 2>/dev/null | grep -qF -- "$T/" && echo "$pid"
+    done
+    return 0
+}
+
+# expect_listing NAME EXPECTED CMD...: runs CMD (which prints a listing), compares.
+expect_listing() {
+    local name=$1 want=$2 got
+    shift 2
+    if got=$("$@" 2>&1) && [ "$got" = "$want" ]; then
+        pass "$name"
+    else
+        fail "$name" "$(printf '(< expected, > got)\n'; diff <(printf '%s\n' "$want") <(printf '%s\n' "$got"))"
+    fi
+}
+
+# check NAME CMD...: PASS if CMD succeeds, else FAIL with its output.
+check() {
+    local name=$1 out
+    shift
+    if out=$("$@" 2>&1); then pass "$name"; else fail "$name" "$out"; fi
+}
+
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
