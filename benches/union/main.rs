@@ -7,6 +7,7 @@
 mod config;
 mod fixtures;
 mod mounts;
+mod plots;
 mod report;
 mod util;
 mod workloads;
@@ -388,6 +389,9 @@ fn run(args: &[String]) -> Res<i32> {
     print!("{}", report.table());
     report.write_csv(&cfg.csv)?;
     println!("CSV: {}", cfg.csv.display());
+    for p in plots::write(&report, &systems, &cfg.csv)? {
+        println!("plot: {}", p.display());
+    }
     if util::interrupted() {
         eprintln!("interrupted: results above are partial");
         return Ok(130);
