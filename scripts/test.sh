@@ -134,6 +134,9 @@ if [ "$cargo_rc" -ne 0 ] && [ "$c_fail" -eq 0 ]; then
     c_fail=1 # did not build, crashed or timed out: count it
 fi
 summary+=("cargo test:  $c_pass passed, $c_fail failed, $c_ign ignored (exit $cargo_rc)")
+# Ignored tests count as skipped; each says why (listed at the end).
+total_skip=$((total_skip + c_ign))
+grep -aE "^test .* ignored" "$WORK/cargo-test.log" | sed 's/^/    /' > "$WORK/cargo-ignored.txt" || true
 # The power-cut rounds (tests/powercut.rs; STRATA_POWERCUT_ROUNDS for more).
 if [ -s "$WORK/powercut.txt" ]; then
     while IFS= read -r l; do summary+=("  power cut: $l"); done < "$WORK/powercut.txt"
@@ -247,6 +250,7 @@ else
     pjd_fail=$((pjd_fail + 1))
 fi
 summary+=("pjdfstest:   $pjd_pass passed, $pjd_fail failed, $pjd_skip skipped")
+total_skip=$((total_skip + pjd_skip))
 total_pass=$((total_pass + pjd_pass))
 total_fail=$((total_fail + pjd_fail))
 
@@ -339,6 +343,7 @@ else
         read -r u_pass u_fail u_ign < <(awk '/^test result:/ {p += $4; f += $6; i += $8} END {print p+0, f+0, i+0}' "$WORK/cargo-test-uring.log")
         if [ "$uring_rc" -ne 0 ] && [ "$u_fail" -eq 0 ]; then u_fail=1; fi
         summary+=("io_uring:    $u_pass passed, $u_fail failed, $u_ign ignored (exit $uring_rc)")
+        total_skip=$((total_skip + u_ign))
         total_pass=$((total_pass + u_pass))
         total_fail=$((total_fail + u_fail))
         grep -E "^test .* FAILED$" "$WORK/cargo-test-uring.log" | sed 's/^/    (io_uring) /' >> "$WORK/cargo-failed.txt" || true
@@ -365,6 +370,10 @@ fi
 if [ -s "$PJD/failed.txt" ]; then
     echo "failed pjdfstest cases:"
     cat "$PJD/failed.txt"
+fi
+if [ -s "$WORK/cargo-ignored.txt" ]; then
+    echo "ignored Rust tests (each with its reason):"
+    cat "$WORK/cargo-ignored.txt"
 fi
 if [ -s "$PJD/skipped.txt" ]; then
     echo "skipped pjdfstest cases (pjdfstest's own reasons):"
