@@ -840,6 +840,76 @@ fn lower_entries_with_names_of_252_to_255_bytes_can_be_removed() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
+/// What removing a lower entry whose name has no AUFS whiteout does to its siblings:
+/// the directory comes up whole (files metadata-only with `metacopy=on`) and opaque.
+/// Every sibling keeps its own data through it: one chmod-ed before (a metadata-only
+/// copy), one written before, one held open for reading, long-named ones, hard links;
+/// then after a directory rename, and after a remount.
+#[test]
+fn siblings_keep_their_data_when_a_long_named_lower_entry_goes() {
+    let data = |seed: u8, len: usize| {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect::<Vec<u8>>()
+    };
+    for opts in ["", "metacopy=on"] {
+        let s = Stack::new(2);
+        let long1 = "a".repeat(255);
+        let long2 = "b".repeat(254);
+        let gone = "g".repeat(253);
+        let big = data(1, 300_000);
+        fs::create_dir(s.l(1, "d")).unwrap();
+        fs::create_dir(s.l(0, "d")).unwrap();
+        fs::write(s.l(1, &format!("d/{long1}")), data(2, 6073)).unwrap();
+        fs::write(s.l(1, &format!("d/{long2}")), data(3, 8050)).unwrap();
+        fs::write(s.l(0, "d/big"), &big).unwrap();
+        fs::write(s.l(1, "d/big"), data(9, 10)).unwrap();
+        fs::write(s.l(0, &format!("d/{gone}")), "gone").unwrap();
+        fs::write(s.l(1, "d/h1"), "linked").unwrap();
+        fs::hard_link(s.l(1, "d/h1"), s.l(1, "d/h2")).unwrap();
+        fs::write(s.l(1, "d/w"), "to be written").unwrap();
+        let m = s.mount_with(opts);
+        let d = s.m("d");
+        fs::set_permissions(d.join(&long1), fs::Permissions::from_mode(0o600)).unwrap();
+        fs::set_permissions(d.join("big"), fs::Permissions::from_mode(0o640)).unwrap();
+        fs::write(d.join("w"), data(4, 7000)).unwrap();
+        let mut held = fs::File::open(d.join(&long2)).unwrap();
+        fs::remove_file(d.join(&gone)).unwrap();
+        let check = |dir: &Path, when: &str| {
+            assert_eq!(
+                fs::read(dir.join(&long1)).unwrap(),
+                data(2, 6073),
+                "{long1:.8}.. {when} ({opts})"
+            );
+            assert_eq!(
+                fs::read(dir.join(&long2)).unwrap(),
+                data(3, 8050),
+                "{long2:.8}.. {when} ({opts})"
+            );
+            assert_eq!(fs::read(dir.join("big")).unwrap(), big, "big {when} ({opts})");
+            assert_eq!(fs::read(dir.join("w")).unwrap(), data(4, 7000), "w {when} ({opts})");
+            assert_eq!(read(dir.join("h2")), "linked", "h2 {when} ({opts})");
+            assert!(!exists(dir.join(&gone)), "{when} ({opts})");
+        };
+        check(&d, "after the removal");
+        let mut got = Vec::new();
+        held.read_to_end(&mut got).unwrap();
+        assert_eq!(got, data(3, 8050), "a handle held across the removal ({opts})");
+        drop(held);
+        fs::write(d.join("h1"), "relinked").unwrap();
+        assert_eq!(read(d.join("h2")), "relinked", "hard links after the removal ({opts})");
+        fs::rename(&d, s.m("d2")).unwrap();
+        let d2 = s.m("d2");
+        assert_eq!(read(d2.join("h2")), "relinked");
+        fs::write(d2.join("h1"), "linked").unwrap();
+        check(&d2, "after a directory rename");
+        drop(m);
+        let _m = s.mount_with(opts);
+        check(&s.m("d2"), "after a remount");
+        assert!(!exists(s.m("d")));
+    }
+}
+
 // ---- trees near PATH_MAX ----
 
 /// Opens directory `comps` below `root` one component at a time (the whole path may be
