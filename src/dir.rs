@@ -559,6 +559,12 @@ impl Union {
         }
         self.copy_up(&p)?;
         self.copy_up(&np)?;
+        // A lower name too long for a whiteout: its directory comes up whole first,
+        // while the whiteouts in it (the destination's among them) still hide what
+        // they hide.
+        if !exchange && whiteout_too_long(name) && self.lower_has(&p.state(), &p.path()?, name)? {
+            self.settle_dir(&p, &p.path()?)?;
+        }
         let upper = self.upper().ok_or(Errno::ROFS)?;
         let ppath = p.path()?;
         let nppath = np.path()?;

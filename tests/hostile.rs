@@ -910,6 +910,28 @@ fn siblings_keep_their_data_when_a_long_named_lower_entry_goes() {
     }
 }
 
+/// A lower directory whose name has no AUFS whiteout, renamed over a merged-empty
+/// directory that only whiteouts empty: its parent comes up whole first, and the
+/// whiteouts still hide what they hide (the rename used to fail with ENOTEMPTY, the
+/// removed entry brought back by the copy).
+#[test]
+fn long_named_lower_dir_renamed_over_a_dir_emptied_by_whiteouts() {
+    let s = Stack::new(1);
+    let long = "l".repeat(253);
+    write(s.l(0, "t/x"), "removed");
+    write(s.l(0, &format!("{long}/f")), "moved");
+    let m = s.mount();
+    fs::remove_file(s.m("t/x")).unwrap();
+    fs::rename(s.m(&long), s.m("t")).unwrap();
+    assert_eq!(names(&s.mnt), ["t"]);
+    assert_eq!(names(&s.m("t")), ["f"]);
+    assert_eq!(read(s.m("t/f")), "moved");
+    drop(m);
+    let _m = s.mount();
+    assert_eq!(names(&s.mnt), ["t"]);
+    assert_eq!(names(&s.m("t")), ["f"]);
+}
+
 // ---- trees near PATH_MAX ----
 
 /// Opens directory `comps` below `root` one component at a time (the whole path may be
