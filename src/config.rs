@@ -164,7 +164,7 @@ fn unquote(v: &str) -> &str {
 
 /// `A:B\:C` -> [A, B:C]: a colon separates paths, `\:` is a colon inside one, `\\` a
 /// backslash.
-fn split_paths(opt: &str, v: &str) -> Result<Vec<PathBuf>, String> {
+pub fn split_paths(opt: &str, v: &str) -> Result<Vec<PathBuf>, String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut chars = v.chars();

@@ -87,7 +87,10 @@ pub fn run(a: &Args) -> Result<Stats, String> {
             }
         }
         (None, Some(u)) => {
-            let lowers = a.lower.iter().flat_map(|s| super::live::split_colons(s)).collect();
+            let mut lowers = Vec::new();
+            for l in &a.lower {
+                lowers.extend(crate::config::split_paths("--lower", l)?);
+            }
             (u.clone(), lowers, a.workdir.clone())
         }
     };

@@ -21,22 +21,6 @@ pub struct Live {
     pub workdir: Option<PathBuf>,
 }
 
-/// `A:B\:C` -> [A, B:C] (`\` escapes the next character), as `lowerdir=` takes it.
-pub fn split_colons(v: &str) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut chars = v.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => cur.push(chars.next().unwrap_or('\\')),
-            ':' => out.push(PathBuf::from(std::mem::take(&mut cur))),
-            _ => cur.push(c),
-        }
-    }
-    out.push(PathBuf::from(cur));
-    out.into_iter().filter(|p| !p.as_os_str().is_empty()).collect()
-}
-
 /// A path escaped for `lowerdir=` / `upperdir=` inside an `-o` option string.
 pub fn escape_opt(p: &Path) -> String {
     let mut s = String::new();
