@@ -136,7 +136,7 @@ fi
 summary+=("cargo test:  $c_pass passed, $c_fail failed, $c_ign ignored (exit $cargo_rc)")
 # Ignored tests count as skipped; each says why (listed at the end).
 total_skip=$((total_skip + c_ign))
-grep -aE "^test .* ignored" "$WORK/cargo-test.log" | sed 's/^/    /' > "$WORK/cargo-ignored.txt" || true
+grep -aE "^test .* \.\.\. ignored" "$WORK/cargo-test.log" | sed 's/^/    /' > "$WORK/cargo-ignored.txt" || true
 # The power-cut rounds (tests/powercut.rs; STRATA_POWERCUT_ROUNDS for more).
 if [ -s "$WORK/powercut.txt" ]; then
     while IFS= read -r l; do summary+=("  power cut: $l"); done < "$WORK/powercut.txt"
