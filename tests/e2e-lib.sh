@@ -55,3 +55,23 @@ check() {
 }
 
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
+
+# The end of a run: unmounts what is left under $T, ends the processes that name it,
+# and removes it (kept with KEEP=1, or while something is still mounted there).
+remove_t() {
+    local m pid
+    for m in $(mounts_under_t); do
+        fusermount3 -u -z "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
+    done
+    for pid in $(pids_under_t); do
+        kill "$pid" 2>/dev/null
+    done
+    if [ -n "$(mounts_under_t)" ]; then
+        say "${0##*/}: mounts left under $T, not removing it:" >&2
+        mounts_under_t >&2
+    elif [ "${KEEP:-0}" = 1 ]; then
+        say "${0##*/}: kept $T"
+    else
+        rm -rf "$T"
+    fi
+}

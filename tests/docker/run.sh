@@ -138,7 +138,7 @@ pids_of() {
 }
 
 cleanup() {
-    local rc=$? d m pid
+    local rc=$? d
     trap - EXIT INT TERM
     [ -n "$T" ] && [ -d "$T" ] || exit $rc
     for d in "$T"/*/; do
@@ -148,20 +148,7 @@ cleanup() {
         dk rm -f $(dk ps -aq 2>/dev/null) >/dev/null 2>&1
         stop_daemon "$D"
     done
-    for m in $(mounts_under_t); do
-        fusermount3 -u -z "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
-    done
-    for pid in $(pids_under_t); do
-        kill "$pid" 2>/dev/null
-    done
-    if [ -n "$(mounts_under_t)" ]; then
-        say "run.sh: mounts left under $T, not removing it:" >&2
-        mounts_under_t >&2
-    elif [ "$KEEP" = 1 ]; then
-        say "run.sh: kept $T"
-    else
-        rm -rf "$T"
-    fi
+    remove_t
     exit $rc
 }
 trap cleanup EXIT
