@@ -75,3 +75,20 @@ remove_t() {
         rm -rf "$T"
     fi
 }
+
+# Sets STRATA to the program under test: as given, or the workspace's debug build
+# (built if missing); an absolute path.
+find_strata() {
+    local target
+    if [ -z "${STRATA:-}" ]; then
+        target=$(cd "$REPO" && cargo metadata --format-version 1 --no-deps 2>/dev/null |
+            sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+        STRATA=${target:-${CARGO_TARGET_DIR:-$REPO/target}}/debug/strata
+        if [ ! -x "$STRATA" ]; then
+            say "building strata (cargo build --bin strata)"
+            (cd "$REPO" && nice cargo build --bin strata) || die "cargo build failed"
+        fi
+    fi
+    [ -x "$STRATA" ] || die "program $STRATA not found or not executable (set STRATA)"
+    STRATA=$(readlink -f "$STRATA")
+}

@@ -54,17 +54,7 @@ install_missing() {
 install_missing
 [ -e /dev/fuse ] || die "/dev/fuse missing"
 
-if [ -z "${STRATA:-}" ]; then
-    target=$(cd "$REPO" && cargo metadata --format-version 1 --no-deps 2>/dev/null |
-        sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-    STRATA=${target:-${CARGO_TARGET_DIR:-$REPO/target}}/debug/strata
-    if [ ! -x "$STRATA" ]; then
-        say "building strata (cargo build --bin strata)"
-        (cd "$REPO" && nice cargo build --bin strata) || die "cargo build failed"
-    fi
-fi
-[ -x "$STRATA" ] || die "mount program $STRATA not found or not executable (set STRATA)"
-STRATA=$(readlink -f "$STRATA")
+find_strata
 
 # ---------------------------------------------------------------------------------------
 # Private podman set-up. A "store" is one graphroot/runroot/tmpdir with its own
