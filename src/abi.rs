@@ -168,6 +168,28 @@ pub fn out_header(b: &mut [u8], len: u32, error: i32, unique: u64) {
     b[8..16].copy_from_slice(&unique.to_ne_bytes());
 }
 
+/// `FUSE_NOTIFY_INVAL_ENTRY`, the code of a notification that drops a cached name.
+const NOTIFY_INVAL_ENTRY: i32 = 3;
+/// `FUSE_EXPIRE_ONLY`: the name's cache time runs out, and the kernel asks again at
+/// its next use, keeping the entry (and what is mounted on it) if the answer agrees.
+pub const EXPIRE_ONLY: u32 = 1;
+
+/// The bytes of an entry invalidation: `struct fuse_out_header` (unique 0 and the
+/// notification code in place of an error) and `struct fuse_notify_inval_entry_out`,
+/// then the name and a NUL.
+pub fn inval_entry_notification(parent: u64, name: &OsStr, flags: u32) -> Vec<u8> {
+    let n = name.as_bytes();
+    let len = 16 + 16 + n.len() + 1;
+    let mut b = vec![0u8; len];
+    out_header(&mut b, len as u32, NOTIFY_INVAL_ENTRY, 0);
+    let mut w = Wr { b: &mut b, n: 16 };
+    w.u64(parent);
+    w.u32(n.len() as u32);
+    w.u32(flags);
+    w.put(n);
+    b
+}
+
 /// Appends answer bytes into a fixed buffer (the ring entry's payload).
 pub struct Wr<'a> {
     pub b: &'a mut [u8],

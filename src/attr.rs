@@ -305,7 +305,7 @@ impl Union {
     /// not read, as `O_PATH`.
     pub(crate) fn xattr_fd(&self, node: &Node, layer: usize) -> Result<XattrFd<'_>> {
         let path = node.path()?;
-        let l = &self.layers[layer];
+        let l = &self.stack().layers[layer];
         let kind = node.kind();
         if kind == FileType::Directory {
             let fd = l.dir(&path)?.ok_or(Errno::NOENT)?;
@@ -455,7 +455,7 @@ impl Union {
 
     /// statfs of the upper layer, or of the top lower on a read-only mount.
     pub fn statfs(&self) -> Result<StatVfs> {
-        rfs::fstatvfs(self.layers[0].root())
+        rfs::fstatvfs(self.stack().layers[0].root())
     }
 }
 

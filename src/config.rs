@@ -38,6 +38,9 @@ pub struct IdMap {
 pub struct Config {
     /// Lower layers, top first.
     pub lowers: Vec<PathBuf>,
+    /// `layers_from=FILE` / `--layers-from FILE`: the lower layers are read from FILE
+    /// (one path a line, top first, as a live mount saves them), in place of lowerdir=.
+    pub layers_from: Option<PathBuf>,
     pub upper: Option<PathBuf>,
     pub workdir: Option<PathBuf>,
     pub mountpoint: PathBuf,
@@ -98,6 +101,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             lowers: Vec::new(),
+            layers_from: None,
             upper: None,
             workdir: None,
             mountpoint: PathBuf::new(),
@@ -297,6 +301,7 @@ pub fn apply_opts(cfg: &mut Config, opts: &str) -> Result<(), String> {
         match key {
             "lowerdir" => cfg.lowers = split_paths(key, need(key, val)?)?,
             "upperdir" => cfg.upper = Some(split_paths(key, need(key, val)?)?.remove(0)),
+            "layers_from" => cfg.layers_from = Some(PathBuf::from(need(key, val)?)),
             "workdir" => cfg.workdir = Some(split_paths(key, need(key, val)?)?.remove(0)),
             "volatile" => cfg.volatile = true,
             "fsync" => match need(key, val)? {
@@ -416,6 +421,26 @@ pub fn apply_opts(cfg: &mut Config, opts: &str) -> Result<(), String> {
 }
 
 /// Checks a complete configuration.
+/// Reads the lower layers from `cfg.layers_from`, when given: one path a line, top
+/// first (what a live mount saves at each change of its stack; see control.rs).
+pub fn read_layers_from(cfg: &mut Config) -> Result<(), String> {
+    let Some(f) = &cfg.layers_from else {
+        return Ok(());
+    };
+    let text = std::fs::read(f).map_err(|e| format!("layers_from {}: {e}", f.display()))?;
+    use std::os::unix::ffi::OsStrExt;
+    let lowers: Vec<PathBuf> = text
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| PathBuf::from(std::ffi::OsStr::from_bytes(l)))
+        .collect();
+    if lowers.is_empty() {
+        return Err(format!("layers_from {}: names no layer", f.display()));
+    }
+    cfg.lowers = lowers;
+    Ok(())
+}
+
 pub fn finish(cfg: &Config) -> Result<(), String> {
     if cfg.remount {
         return match cfg.mountpoint.as_os_str().is_empty() {

@@ -436,13 +436,13 @@ impl Union {
         };
         let path = origin;
         let is_file = |l: usize| {
-            !self.layers[l].is_upper
-                && matches!(self.layers[l].stat(&path), Ok(Some(st)) if layer::file_type(&st) == FileType::RegularFile)
+            !self.stack().layers[l].is_upper
+                && matches!(self.stack().layers[l].stat(&path), Ok(Some(st)) if layer::file_type(&st) == FileType::RegularFile)
         };
         // The recorded layer, or (the stack changed since) the first lower that has it.
         let l = idx
-            .filter(|&l| l < self.layers.len() && is_file(l))
-            .or_else(|| (0..self.layers.len()).find(|&l| is_file(l)));
+            .filter(|&l| l < self.stack().layers.len() && is_file(l))
+            .or_else(|| (0..self.stack().layers.len()).find(|&l| is_file(l)));
         match l {
             Some(l) => Ok(Some((l, path))),
             None => {
@@ -496,7 +496,7 @@ impl Union {
         let dir_times = layer::stat_at(udir.as_fd(), OsStr::new("."))?.map(|d| stat_times(&d));
         let res = (|| {
             let (op, on) = split(&origin);
-            let odir = self.layers[l].dir(op)?.ok_or(Errno::IO)?;
+            let odir = self.stack().layers[l].dir(op)?.ok_or(Errno::IO)?;
             let src = layer::open_noatime(odir.as_fd(), on, OFlags::RDONLY)?;
             let dst = rfs::openat(
                 work.fd(),
@@ -545,7 +545,7 @@ impl Union {
     pub fn index_copy(&self, src: usize, path: &Path) -> Result<Stat> {
         let work = self.work()?;
         let (parent, name) = split(path);
-        let sdir = self.layers[src].dir(parent)?.ok_or(Errno::NOENT)?;
+        let sdir = self.stack().layers[src].dir(parent)?.ok_or(Errno::NOENT)?;
         let st = layer::stat_at(sdir.as_fd(), name)?.ok_or(Errno::NOENT)?;
         let tmp = work.temp_name();
         let res = self
@@ -560,7 +560,7 @@ impl Union {
 
     /// The upper-layer directory at merged path `rel`, copied up (with its parents)
     /// from the lower layer that holds it when the upper does not have it yet.
-    pub fn upper_dir(&self, rel: &Path) -> Result<DirFd<'_>> {
+    pub fn upper_dir(&self, rel: &Path) -> Result<DirFd<'static>> {
         let upper = self.upper().ok_or(Errno::ROFS)?;
         if let Some(d) = upper.dir(rel)? {
             return Ok(d);
@@ -572,7 +572,7 @@ impl Union {
         let pd = self.upper_dir(parent)?;
         // The top-most lower that has it as a directory.
         let mut src = None;
-        for l in self.first_lower()..self.layers.len() {
+        for l in self.first_lower()..self.stack().layers.len() {
             if let Some((FileType::Directory, st)) = self.lower_entry(l, parent, name)? {
                 src = Some((l, st));
                 break;
@@ -606,11 +606,12 @@ impl Union {
         fill: Fill,
     ) -> Result<Stat> {
         let work = self.work()?;
-        let sdir = self.layers[src].dir(parent)?.ok_or(Errno::NOENT)?;
+        let sdir = self.stack().layers[src].dir(parent)?.ok_or(Errno::NOENT)?;
         let st = layer::stat_at(sdir.as_fd(), name)?.ok_or(Errno::NOENT)?;
         // A file with several names: another name may already have been copied up.
-        let key = (layer::file_type(&st) == FileType::RegularFile && st.st_nlink > 1 && !self.layers[src].is_upper)
-            .then(|| Work::index_key(&st));
+        let key =
+            (layer::file_type(&st) == FileType::RegularFile && st.st_nlink > 1 && !self.stack().layers[src].is_upper)
+                .then(|| Work::index_key(&st));
         // Files with several names always carry their data: their copies are shared.
         let fill = match fill {
             Fill::Meta if !self.cfg.metacopy || key.is_some() || (st.st_size as u64) < META_MIN => Fill::Data,
@@ -679,7 +680,7 @@ impl Union {
         match kind {
             FileType::Directory => {
                 // Read for its xattrs: a lower keeps it open already.
-                src_dir = self.layers[src].dir(&parent.join(name))?;
+                src_dir = self.stack().layers[src].dir(&parent.join(name))?;
                 rfs::mkdirat(wdir, tmp, Mode::from_raw_mode(0o700))?
             }
             FileType::RegularFile => {

@@ -199,7 +199,7 @@ impl Union {
         let upper = self.upper().ok_or(Errno::ROFS)?;
         let dir = upper.dir(&ppath)?.ok_or(Errno::NOENT)?;
         let dir = dir.as_fd();
-        let overlay_whiteout = self.forms[0].overlay && convert_overlay_whiteout(dir, name)?;
+        let overlay_whiteout = self.stack().forms[0].overlay && convert_overlay_whiteout(dir, name)?;
         let had_whiteout = overlay_whiteout || has_upper_whiteout(dir, name)?;
         // The daemon runs with umask 0: the backing filesystem applies a default ACL
         // of the upper directory itself; without one, the caller's umask applies.
@@ -224,7 +224,7 @@ impl Union {
         let mut fd = None;
         match what {
             NewEntry::File { mode, flags } => {
-                let noatime = if self.layers[0].noatime {
+                let noatime = if self.stack().layers[0].noatime {
                     OFlags::NOATIME
                 } else {
                     OFlags::empty()
@@ -330,7 +330,7 @@ impl Union {
         let (sp, sn) = split(&src);
         let sdir = upper.dir(sp)?.ok_or(Errno::NOENT)?;
         let ddir = upper.dir(&np.path()?)?.ok_or(Errno::NOENT)?;
-        if self.forms[0].overlay {
+        if self.stack().forms[0].overlay {
             convert_overlay_whiteout(ddir.as_fd(), newname)?;
         }
         rfs::linkat(sdir.as_fd(), sn, ddir.as_fd(), newname, AtFlags::empty())?;
@@ -571,7 +571,7 @@ impl Union {
         let sdir = upper.dir(&ppath)?.ok_or(Errno::NOENT)?;
         let ddir = upper.dir(&nppath)?.ok_or(Errno::NOENT)?;
         let (sdir, ddir) = (sdir.as_fd(), ddir.as_fd());
-        if !exchange && dst.is_none() && self.forms[0].overlay {
+        if !exchange && dst.is_none() && self.stack().forms[0].overlay {
             convert_overlay_whiteout(ddir, newname)?;
         }
         if !exchange {
@@ -658,7 +658,7 @@ impl Union {
         let _ns = self.ns.read_recursive();
         let path = node.path()?;
         let (parent, name) = split(&path);
-        let dir = self.layers[node.top()].dir(parent)?.ok_or(Errno::NOENT)?;
+        let dir = self.stack().layers[node.top()].dir(parent)?.ok_or(Errno::NOENT)?;
         Ok(rfs::readlinkat(dir.as_fd(), name, Vec::new())?.into_bytes())
     }
 }

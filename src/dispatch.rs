@@ -108,6 +108,7 @@ fn entry(u: &Union, r: Result<(Arc<crate::inode::Node>, rustix::fs::Stat)>, what
 }
 
 pub fn lookup(u: &Union, parent: u64, name: &OsStr) -> Answer {
+    let _in = u.enter();
     debug!("lookup {} {:?}", parent, name);
     match u.lookup(parent, name) {
         // Remembered by the kernel as absent: names only appear through this mount.
@@ -121,12 +122,14 @@ pub fn forget(u: &Union, ino: u64, nlookup: u64) {
 }
 
 pub fn getattr(u: &Union, ino: u64, fh: Option<u64>) -> Answer {
+    let _in = u.enter();
     let node = check!(u.node(ino), "getattr");
     let st = check!(u.getattr(&node, fh), "getattr");
     Answer::Attr(u.attr(node.ino, &st))
 }
 
 pub fn setattr(u: &Union, ctx: Ctx, ino: u64, sa: SetAttr) -> Answer {
+    let _in = u.enter();
     debug!(
         "setattr {} mode={:?} uid={:?} gid={:?} size={:?}",
         ino, sa.mode, sa.uid, sa.gid, sa.size
@@ -137,11 +140,13 @@ pub fn setattr(u: &Union, ctx: Ctx, ino: u64, sa: SetAttr) -> Answer {
 }
 
 pub fn readlink(u: &Union, ino: u64) -> Answer {
+    let _in = u.enter();
     let node = check!(u.node(ino), "readlink");
     Answer::Data(check!(u.readlink(&node), "readlink"))
 }
 
 pub fn mknod(u: &Union, ctx: Ctx, parent: u64, name: &OsStr, mode: u32, rdev: u32) -> Answer {
+    let _in = u.enter();
     debug!("mknod {} {:?} {mode:o}", parent, name);
     let new = NewEntry::Node {
         mode,
@@ -152,12 +157,14 @@ pub fn mknod(u: &Union, ctx: Ctx, parent: u64, name: &OsStr, mode: u32, rdev: u3
 }
 
 pub fn mkdir(u: &Union, ctx: Ctx, parent: u64, name: &OsStr, mode: u32) -> Answer {
+    let _in = u.enter();
     debug!("mkdir {} {:?} {mode:o}", parent, name);
     let r = u.create_entry(parent, name, NewEntry::Dir { mode }, ctx.caller());
     entry(u, r.map(|(n, s, _)| (n, s)), "mkdir")
 }
 
 pub fn remove(u: &Union, parent: u64, name: &OsStr, dir: bool) -> Answer {
+    let _in = u.enter();
     let what = if dir { "rmdir" } else { "unlink" };
     debug!("{what} {} {:?}", parent, name);
     check!(u.remove(parent, name, dir), what);
@@ -165,12 +172,14 @@ pub fn remove(u: &Union, parent: u64, name: &OsStr, dir: bool) -> Answer {
 }
 
 pub fn symlink(u: &Union, ctx: Ctx, parent: u64, name: &OsStr, target: &Path) -> Answer {
+    let _in = u.enter();
     debug!("symlink {} {:?} -> {:?}", parent, name, target);
     let r = u.create_entry(parent, name, NewEntry::Symlink { target }, ctx.caller());
     entry(u, r.map(|(n, s, _)| (n, s)), "symlink")
 }
 
 pub fn rename(u: &Union, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr, flags: u32) -> Answer {
+    let _in = u.enter();
     debug!(
         "rename {} {:?} -> {} {:?} flags={}",
         parent, name, newparent, newname, flags
@@ -180,6 +189,7 @@ pub fn rename(u: &Union, parent: u64, name: &OsStr, newparent: u64, newname: &Os
 }
 
 pub fn link(u: &Union, ino: u64, newparent: u64, newname: &OsStr) -> Answer {
+    let _in = u.enter();
     debug!("link {} -> {} {:?}", ino, newparent, newname);
     entry(u, u.link(ino, newparent, newname), "link")
 }
@@ -195,9 +205,11 @@ fn opened(u: &Union, fh: u64, open_backing: OpenBacking<'_>) -> Opened {
 }
 
 pub fn open(u: &Union, ctx: Ctx, ino: u64, flags: i32, open_backing: OpenBacking<'_>) -> Answer {
+    let _in = u.enter();
     let node = check!(u.node(ino), "open");
     let (fh, _) = check!(u.open(&node, flags), "open");
     debug!("open {:#x} flags={:#o} by {}: handle {fh}", ino, flags, ctx.pid);
+    u.files.note_opener(fh, ctx.pid);
     let o = opened(u, fh, open_backing);
     if o.backing.is_some() && flags & libc::O_ACCMODE != libc::O_RDONLY {
         // Writes through a shared mapping of this file change its times behind the
@@ -221,10 +233,12 @@ pub fn attr_ttl(u: &Union, ino: u64) -> std::time::Duration {
 }
 
 pub fn read(u: &Union, fh: u64, offset: u64, size: u32) -> Answer {
+    let _in = u.enter();
     Answer::Data(check!(u.read(fh, offset, size), "read"))
 }
 
 pub fn write(u: &Union, ctx: Ctx, fh: u64, offset: u64, data: &[u8], kill_suidgid: bool) -> Answer {
+    let _in = u.enter();
     // The kernel asks for the set-id bits to go when the writer lacks CAP_FSETID.
     let kill = kill_suidgid.then(|| ctx.writer());
     let n = check!(u.write(fh, offset, data, kill), "write");
@@ -247,11 +261,13 @@ pub fn released(u: &Union, fh: u64) {
 }
 
 pub fn fsync(u: &Union, fh: u64, datasync: bool) -> Answer {
+    let _in = u.enter();
     check!(u.fsync(fh, datasync), "fsync");
     Answer::Empty
 }
 
 pub fn opendir(u: &Union, ino: u64) -> Answer {
+    let _in = u.enter();
     let node = check!(u.node(ino), "opendir");
     let fh = u.dirs.insert(node);
     // The kernel keeps listings, and drops them when the directory changes through the
@@ -266,6 +282,7 @@ pub fn opendir(u: &Union, ino: u64) -> Answer {
 
 /// readdir: fills `sink`; `Answer::Empty` when it is ready to send.
 pub fn readdir(u: &Union, ino: u64, fh: u64, offset: u64, sink: &mut dyn DirSink) -> Answer {
+    let _in = u.enter();
     debug!("readdir {} offset={offset}", ino);
     let (entries, start) = check!(u.dir_snapshot(fh, offset), "readdir");
     for e in &entries[start..] {
@@ -278,6 +295,7 @@ pub fn readdir(u: &Union, ino: u64, fh: u64, offset: u64, sink: &mut dyn DirSink
 
 /// readdirplus: fills `sink`, counting a lookup for each entry it takes.
 pub fn readdirplus(u: &Union, ino: u64, fh: u64, offset: u64, sink: &mut dyn DirPlusSink) -> Answer {
+    let _in = u.enter();
     debug!("readdirplus {} offset={offset}", ino);
     let (entries, start) = check!(u.dir_snapshot(fh, offset), "readdirplus");
     let ttl = u.ttl;
@@ -310,10 +328,12 @@ pub fn releasedir(u: &Union, fh: u64) -> Answer {
 }
 
 pub fn statfs(u: &Union) -> Answer {
+    let _in = u.enter();
     Answer::Statfs(check!(u.statfs(), "statfs"))
 }
 
 pub fn setxattr(u: &Union, ctx: Ctx, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Answer {
+    let _in = u.enter();
     debug!("setxattr {} {:?}", ino, name);
     let node = check!(u.node(ino), "setxattr");
     check!(u.setxattr(&node, name, value, flags, ctx.writer()), "setxattr");
@@ -331,16 +351,19 @@ fn xattr_answer(v: Vec<u8>, size: u32) -> Answer {
 }
 
 pub fn getxattr(u: &Union, ino: u64, name: &OsStr, size: u32) -> Answer {
+    let _in = u.enter();
     let node = check!(u.node(ino), "getxattr");
     xattr_answer(check!(u.getxattr(&node, name), "getxattr"), size)
 }
 
 pub fn listxattr(u: &Union, ino: u64, size: u32) -> Answer {
+    let _in = u.enter();
     let node = check!(u.node(ino), "listxattr");
     xattr_answer(check!(u.listxattr(&node), "listxattr"), size)
 }
 
 pub fn removexattr(u: &Union, ino: u64, name: &OsStr) -> Answer {
+    let _in = u.enter();
     debug!("removexattr {} {:?}", ino, name);
     let node = check!(u.node(ino), "removexattr");
     check!(u.removexattr(&node, name), "removexattr");
@@ -348,6 +371,7 @@ pub fn removexattr(u: &Union, ino: u64, name: &OsStr) -> Answer {
 }
 
 pub fn access(u: &Union, ino: u64, mask: i32) -> Answer {
+    let _in = u.enter();
     let node = check!(u.node(ino), "access");
     check!(u.access(&node, mask), "access");
     Answer::Empty
@@ -362,24 +386,29 @@ pub fn create(
     flags: i32,
     open_backing: OpenBacking<'_>,
 ) -> Answer {
+    let _in = u.enter();
     debug!("create {} {:?} {mode:o}", parent, name);
     let r = u.create_entry(parent, name, NewEntry::File { mode, flags }, ctx.caller());
     let (node, st, fd) = check!(r, "create");
     let fh = u.adopt_handle(&node, fd, flags);
+    u.files.note_opener(fh, ctx.pid);
     let attr = u.attr(node.ino, &st);
     Answer::Create(attr, opened(u, fh, open_backing))
 }
 
 pub fn fallocate(u: &Union, fh: u64, offset: u64, length: u64, mode: i32) -> Answer {
+    let _in = u.enter();
     check!(u.fallocate(fh, offset, length, mode), "fallocate");
     Answer::Empty
 }
 
 pub fn lseek(u: &Union, fh: u64, offset: i64, whence: i32) -> Answer {
+    let _in = u.enter();
     Answer::Offset(check!(u.lseek(fh, offset, whence), "lseek") as i64)
 }
 
 pub fn copy_file_range(u: &Union, fh_in: u64, off_in: u64, fh_out: u64, off_out: u64, len: u64) -> Answer {
+    let _in = u.enter();
     let n = check!(
         u.copy_file_range(fh_in, off_in, fh_out, off_out, len),
         "copy_file_range"

@@ -37,6 +37,8 @@ pub struct Handle {
     counted: AtomicBool,
     /// The node's `data_moves` when `fd` was opened.
     moves: AtomicU64,
+    /// The process that opened it (named when a layer it reads cannot be removed).
+    pub opener: std::sync::atomic::AtomicU32,
     /// Opened for writing only on a metadata-only copy: its data comes up from the
     /// lower layer at the first write (a `touch` or an open that truncates never
     /// copies it).
@@ -90,6 +92,18 @@ impl Handles {
 
     pub fn get(&self, fh: u64) -> Result<Arc<Handle>> {
         self.map.lock().get(&fh).cloned().ok_or(Errno::BADF)
+    }
+
+    /// Every open handle.
+    pub fn all(&self) -> Vec<Arc<Handle>> {
+        self.map.lock().values().cloned().collect()
+    }
+
+    /// Records which process opened handle `fh`.
+    pub fn note_opener(&self, fh: u64, pid: u32) {
+        if let Some(h) = self.map.lock().get(&fh) {
+            h.opener.store(pid, Ordering::Relaxed);
+        }
     }
 
     /// Some open handle of node `ino`.
@@ -147,6 +161,7 @@ fn handle(node: &Arc<Node>, fd: OwnedFd, flags: OFlags, writable: bool, lower: b
         lower: AtomicBool::new(lower),
         backing: Mutex::new(None),
         pending: AtomicBool::new(false),
+        opener: std::sync::atomic::AtomicU32::new(0),
         counted: AtomicBool::new(false),
         moves: AtomicU64::new(0),
     }
@@ -222,22 +237,22 @@ impl Union {
     fn open_data(&self, node: &Node, flags: OFlags, write: bool) -> Result<(OwnedFd, bool)> {
         let mut top = node.top();
         let mut path = node.path()?;
-        let mut fd = self.layers[top].open_file(&path, flags)?;
+        let mut fd = self.stack().layers[top].open_file(&path, flags)?;
         if !write
-            && self.layers[top].is_upper
+            && self.stack().layers[top].is_upper
             && node.kind() == FileType::RegularFile
             && crate::copy_up::is_metacopy(fd.as_fd())?
         {
             // A metadata-only copy reads its data from the lower layer.
             let (parent, name) = split(&path);
-            let dir = self.layers[top].dir(parent)?.ok_or(Errno::NOENT)?;
+            let dir = self.stack().layers[top].dir(parent)?.ok_or(Errno::NOENT)?;
             if let Some((l, origin)) = self.metacopy_origin(dir.as_fd(), name, &path)? {
                 top = l;
                 path = origin;
-                fd = self.layers[top].open_file(&path, flags)?;
+                fd = self.stack().layers[top].open_file(&path, flags)?;
             }
         }
-        let mut lower = !self.layers[top].is_upper;
+        let mut lower = !self.stack().layers[top].is_upper;
         if lower && node.kind() == FileType::RegularFile {
             // Another name of this lower file was copied up: read that copy.
             let (f, copy) = self.redirect_to_copy(fd, flags)?;
@@ -252,7 +267,7 @@ impl Union {
         if h.pending.load(Ordering::Relaxed) {
             self.fill_data(&h.node)?;
             // The data came up as a new inode: write to that one.
-            let fd = self.layers[0].open_file(&h.node.path()?, h.flags)?;
+            let fd = self.stack().layers[0].open_file(&h.node.path()?, h.flags)?;
             *h.fd.write() = Arc::new(fd);
             h.pending.store(false, Ordering::Relaxed);
         }

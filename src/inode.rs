@@ -148,6 +148,30 @@ impl Node {
     }
 }
 
+impl Node {
+    /// After a change of the stack: the names that still lead to this node, the first
+    /// the one used for I/O, and the state that name resolves to now. With none left,
+    /// the node is gone as if unlinked (`st`: what it looked like).
+    pub fn renamed_by_stack(&self, names: Vec<PathBuf>, state: Option<State>, st: &Stat) {
+        let mut s = self.state.write();
+        let mut paths = self.paths.write();
+        match state {
+            Some(state) if !names.is_empty() => {
+                *paths = names;
+                *s = state;
+            }
+            _ => {
+                drop(paths);
+                drop(s);
+                for p in self.paths() {
+                    self.remove_path(&p, st);
+                }
+            }
+        }
+        self.no_xattrs.store(false, Ordering::Relaxed);
+    }
+}
+
 struct Slot {
     node: Arc<Node>,
     lookups: u64,
@@ -263,6 +287,11 @@ impl InodeTable {
     /// Remembers that the upper file (dev, ino) is the copy of node `id`.
     pub fn record_origin(&self, dev: u64, ino: u64, id: u64) {
         self.origins.lock().insert((dev, ino), id);
+    }
+
+    /// Every node the kernel holds (for a change of the whole stack).
+    pub fn nodes(&self) -> Vec<Arc<Node>> {
+        self.nodes.lock().values().map(|s| s.node.clone()).collect()
     }
 
     pub fn get(&self, ino: u64) -> Option<Arc<Node>> {

@@ -26,12 +26,13 @@ pub type Result<T> = std::result::Result<T, Errno>;
 static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
 
 pub struct Layer {
-    /// Position in the stack: 0 is the top (the upper layer when there is one).
-    pub index: usize,
+    /// Unique in this process: what kept listings are keyed by (a layer's position in
+    /// the stack may change on a live mount; see stack.rs).
+    pub id: usize,
     pub is_upper: bool,
     /// The layer root as given on the command line (for messages).
     pub path: PathBuf,
-    root: OwnedFd,
+    root: Arc<OwnedFd>,
     pub dev: u64,
     /// A lower layer's directories opened before, or known not to be there (the
     /// error): a lower never changes, so they are kept, and a lookup through a deep
@@ -77,7 +78,8 @@ pub fn split(rel: &Path) -> (&Path, &OsStr) {
 impl Layer {
     /// Opens a layer root. A root given as a symlink (as container runtimes do) is
     /// resolved here, once; nothing below it is ever followed.
-    pub fn open(index: usize, is_upper: bool, path: &Path) -> std::result::Result<Layer, String> {
+    pub fn open(is_upper: bool, path: &Path) -> std::result::Result<Layer, String> {
+        static IDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let root = rfs::open(
             path,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -90,10 +92,10 @@ impl Layer {
         })?;
         let st = rfs::fstat(&root).map_err(|e| format!("{}: {}", path.display(), std::io::Error::from(e)))?;
         Ok(Layer {
-            index,
+            id: IDS.fetch_add(1, Ordering::Relaxed),
             is_upper,
             path: path.to_path_buf(),
-            root,
+            root: Arc::new(root),
             dev: st.st_dev,
             dirs: None,
             noatime: false,
@@ -121,7 +123,7 @@ impl Layer {
 
     /// Opens the directory at `rel` (relative to the layer root) without following any
     /// symlink on the way. `Ok(None)` when it does not exist or is not a directory.
-    pub fn dir(&self, rel: &Path) -> Result<Option<DirFd<'_>>> {
+    pub fn dir(&self, rel: &Path) -> Result<Option<DirFd<'static>>> {
         match self.dir_or_why(rel) {
             Ok(fd) => Ok(Some(fd)),
             Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::LOOP) | Err(Errno::XDEV) => Ok(None),
@@ -131,9 +133,9 @@ impl Layer {
 
     /// `dir`, telling why there is none as `open_dir` does. A lower layer's directory
     /// comes from (and goes into) the kept ones.
-    pub fn dir_or_why(&self, rel: &Path) -> Result<DirFd<'_>> {
+    pub fn dir_or_why(&self, rel: &Path) -> Result<DirFd<'static>> {
         if rel.as_os_str().is_empty() {
-            return Ok(DirFd::Borrowed(self.root.as_fd()));
+            return Ok(DirFd::Kept(self.root.clone()));
         }
         let Some(dirs) = &self.dirs else {
             return self.open_dir(rel).map(DirFd::Owned);
@@ -572,7 +574,7 @@ impl Listings {
     /// What is kept for directory `rel` of lower layer `layer`, without reading it:
     /// `None` when nothing is kept yet.
     pub fn cached(&self, layer: &Layer, rel: &Path) -> Option<Option<Arc<Listing>>> {
-        self.lists.lock().get(&(layer.index, rel.to_path_buf())).cloned()
+        self.lists.lock().get(&(layer.id, rel.to_path_buf())).cloned()
     }
 
     /// Reads and keeps the listing of lower directory `rel` of `layer` when it has at
@@ -592,7 +594,7 @@ impl Listings {
             Some(entries) => Listing::new(entries, fd.as_fd()),
             None => Listing::incomplete(fd.as_fd())?,
         });
-        self.lists.lock().put((layer.index, rel.to_path_buf()), Some(l.clone()));
+        self.lists.lock().put((layer.id, rel.to_path_buf()), Some(l.clone()));
         Ok(Some(l))
     }
 
@@ -600,7 +602,7 @@ impl Listings {
     /// no directory there.
     pub fn get(&self, layer: &Layer, rel: &Path) -> Result<Option<Arc<Listing>>> {
         debug_assert!(!layer.is_upper);
-        let key = (layer.index, rel.to_path_buf());
+        let key = (layer.id, rel.to_path_buf());
         if let Some(l) = self
             .lists
             .lock()

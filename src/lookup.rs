@@ -49,7 +49,8 @@ impl Union {
     /// `top`: no layer above holds the name, so this one decides its type and stat.
     /// Otherwise a directory was found above, and only another directory counts here.
     fn probe(&self, l: usize, parent: &Path, name: &OsStr, top: bool, learn: bool) -> Result<Probe> {
-        let layer = &self.layers[l];
+        let stack = self.stack();
+        let layer = &stack.layers[l];
         if layer.is_upper {
             return self.probe_disk(l, parent, name, top);
         }
@@ -71,8 +72,9 @@ impl Union {
     /// Asks the layer on disk. The paths are opened from the layer root (no symlink
     /// followed), so a layer without the name costs one or two system calls.
     fn probe_disk(&self, l: usize, parent: &Path, name: &OsStr, top: bool) -> Result<Probe> {
-        let forms = self.forms[l];
-        let layer = &self.layers[l];
+        let forms = self.stack().forms[l];
+        let stack = self.stack();
+        let layer = &stack.layers[l];
         let rel = parent.join(name);
         if !top {
             // Below a directory: open the name as one. That tells its type and gives
@@ -110,16 +112,17 @@ impl Union {
 
     /// For a name layer `l` does not hold: whether it holds an AUFS whiteout for it.
     fn absent_or_whiteout(&self, l: usize, parent: &Path, name: &OsStr) -> Result<Probe> {
-        let wh = self.forms[l].aufs
-            && self.layers[l]
+        let wh = self.stack().forms[l].aufs
+            && self.stack().layers[l]
                 .stat(&parent.join(whiteout::whiteout_name(name)))?
                 .is_some();
         Ok(if wh { Probe::Whiteout } else { Probe::Absent })
     }
 
     fn probe_listing(&self, l: usize, list: &Listing, parent: &Path, name: &OsStr, want_stat: bool) -> Result<Probe> {
-        let forms = self.forms[l];
-        let layer = &self.layers[l];
+        let forms = self.stack().forms[l];
+        let stack = self.stack();
+        let layer = &stack.layers[l];
         let Some(e) = list.get(name) else {
             let wh = forms.aufs && list.get(&whiteout::whiteout_name(name)).is_some();
             return Ok(if wh { Probe::Whiteout } else { Probe::Absent });
@@ -142,13 +145,13 @@ impl Union {
     /// overlayfs-style whiteout there: a character device 0/0 where that form is
     /// read, unless made through the mount (marked, in the upper).
     pub fn is_whiteout_dev(&self, l: usize, parent: &Path, name: &OsStr, st: &Stat) -> bool {
-        if !self.forms[l].overlay || !whiteout::is_overlay_whiteout(st) {
+        if !self.stack().forms[l].overlay || !whiteout::is_overlay_whiteout(st) {
             return false;
         }
-        if !self.layers[l].is_upper {
+        if !self.stack().layers[l].is_upper {
             return true;
         }
-        match self.layers[l].dir(parent) {
+        match self.stack().layers[l].dir(parent) {
             Ok(Some(d)) => !whiteout::is_marked_device(d.as_fd(), name),
             _ => true,
         }
@@ -167,8 +170,9 @@ impl Union {
     /// Whether the directory at `rel` in layer `l` is opaque: from its kept listing in a
     /// lower, else on disk.
     fn is_opaque_dir(&self, l: usize, rel: &Path) -> Result<bool> {
-        let forms = self.forms[l];
-        let layer = &self.layers[l];
+        let forms = self.stack().forms[l];
+        let stack = self.stack();
+        let layer = &stack.layers[l];
         if !layer.is_upper {
             if let Some(Some(c)) = self.listings.cached(layer, rel) {
                 return Ok((forms.aufs && c.opaque_aufs) || (forms.overlay && c.opaque_xattr));
@@ -330,8 +334,8 @@ impl Union {
     /// Fresh stat of a node's top-most copy.
     pub fn stat_node(&self, node: &Node) -> Result<Stat> {
         let top = node.top();
-        let st = self.layers[top].stat(&node.path()?)?.ok_or(Errno::NOENT)?;
-        if self.layers[top].is_upper {
+        let st = self.stack().layers[top].stat(&node.path()?)?.ok_or(Errno::NOENT)?;
+        if self.stack().layers[top].is_upper {
             return Ok(st);
         }
         Ok(self.index_copy_of(&st).unwrap_or(st))

@@ -25,14 +25,16 @@ ro                   read-only; an upper is shown, never written (EROFS)\n  \
 nosuid, nodev, noexec, noatime, nodiratime, relatime, strictatime, lazytime, sync,\n  \
 dirsync, nosymfollow (and suid, dev, exec, atime, rw...): mount flags, as mount(8)\n  \
 remount              change the flags of the strata mount at MOUNTPOINT (as root)\n  \
-whiteout=both|aufs|overlay (markers honoured; see README), debug, fsname=NAME\n\
+whiteout=both|aufs|overlay (markers honoured; see README), debug, fsname=NAME\n  \
+layers_from=FILE     lower layers from FILE, one a line (see `strata layers`)\n\
 Unknown options are reported and ignored.\n\n\
 Logs: -d, or RUST_LOG (e.g. RUST_LOG=strata=debug).\n\n\
 SUBCOMMANDS (each with --help):\n  \
 export      write a mount's changes as an OCI layer tar\n  \
 apply       unpack an OCI/Docker layer tar into a layer directory\n  \
 mount --image   mount a docker/podman save archive or OCI layout from the layer store\n  \
-store       list (ls) and prune (gc) the layer store\n\
+store       list (ls) and prune (gc) the layer store\n  \
+layers      list, add or remove the lower layers of a live mount\n\
 A first argument naming a subcommand is a mount source instead when an -o gives\n\
 lowerdir= or upperdir= (and `mount` is the subcommand only with --image)."
 )]
@@ -43,6 +45,10 @@ struct Cli {
     /// Lower layer, top first (repeat for more; appended after any -o lowerdir)
     #[arg(long = "lower", value_name = "DIR")]
     lower: Vec<PathBuf>,
+    /// Read the lower layers from FILE, one a line, top first (as a live mount saves
+    /// them at each `strata layers` change); replaces lowerdir=
+    #[arg(long = "layers-from", value_name = "FILE")]
+    layers_from: Option<PathBuf>,
     /// Upper (writable) layer
     #[arg(long, value_name = "DIR")]
     upper: Option<PathBuf>,
@@ -72,6 +78,10 @@ fn config(cli: Cli) -> Result<Config, String> {
         apply_opts(&mut cfg, o)?;
     }
     cfg.lowers.extend(cli.lower);
+    if cli.layers_from.is_some() {
+        cfg.layers_from = cli.layers_from;
+    }
+    strata::config::read_layers_from(&mut cfg)?;
     if cli.upper.is_some() {
         cfg.upper = cli.upper;
     }
@@ -106,6 +116,7 @@ fn main() {
             "apply" => strata::cmd::apply::main(sub),
             "mount" => strata::cmd::image::main(sub),
             "store" => strata::cmd::store::main(sub),
+            "layers" => strata::cmd::layers::main(sub),
             _ => unreachable!(),
         };
         std::process::exit(code);

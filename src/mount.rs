@@ -143,7 +143,7 @@ fn serve(union: Union, notify: Option<OwnedFd>) -> Result<(), String> {
     let union = std::sync::Arc::new(union);
     let rings = crate::uring::Rings::default();
     let choice = crate::uring::choice(union.clone(), rings.clone());
-    let fs = crate::fs::StrataFs::new(union, Some(choice));
+    let fs = crate::fs::StrataFs::new(union.clone(), Some(choice));
     let mounted = if rustix::process::geteuid().is_root() {
         mount_fuse(fs, &mountpoint, &fsname, &config, flags)
     } else {
@@ -174,6 +174,14 @@ fn serve(union: Union, notify: Option<OwnedFd>) -> Result<(), String> {
     rings.start(std::os::fd::AsFd::as_fd(&session));
     tracing::info!("mounted on {}", mountpoint.display());
     let _ = notifier.set(session.notifier());
+    match rustix::io::fcntl_dupfd_cloexec(std::os::fd::AsFd::as_fd(&session), 0) {
+        Ok(fd) => {
+            let _ = union.device.set(fd);
+        }
+        Err(e) => tracing::warn!("duplicating the FUSE connection's fd: {e}"),
+    }
+    let control = crate::control::serve(union.clone());
+    let socket = control.as_ref().map(|c| c.socket.clone());
     report_live(notify);
     let mut unmounter = session.unmount_callable();
     let mp = mountpoint.clone();
@@ -189,6 +197,9 @@ fn serve(union: Union, notify: Option<OwnedFd>) -> Result<(), String> {
             };
             if let Err(e) = r {
                 tracing::warn!("unmount: {e}");
+            }
+            if let Some(s) = &socket {
+                let _ = std::fs::remove_file(s);
             }
             // Detached, the mount lives on while files in it are open. Everything written
             // is already in the upper, so after a short grace (or at a second signal)

@@ -142,7 +142,7 @@ fn get(fd: BorrowedFd<'_>, name: &str) -> Result<Option<Vec<u8>>> {
 
 /// Which record a layer's root says its files carry, if any (the order fuse-overlayfs
 /// looks for them).
-fn root_record(root: BorrowedFd<'_>) -> Result<Option<&'static str>> {
+pub(crate) fn root_record(root: BorrowedFd<'_>) -> Result<Option<&'static str>> {
     for n in [PRIVILEGED, CONTAINERS, LEGACY] {
         if get(root, n)?.is_some() {
             return Ok(Some(n));
@@ -241,7 +241,7 @@ impl Union {
     /// The record the upper keeps ownership in (`xattr_permissions=1|2`).
     pub fn owner_record(&self) -> Option<&'static str> {
         match self.has_upper {
-            true => self.records[0],
+            true => self.stack().records[0],
             false => None,
         }
     }
@@ -249,7 +249,7 @@ impl Union {
     /// The record of `node` in layer `layer`, if that layer keeps records and the
     /// node has one.
     fn record_in(&self, node: &Node, layer: usize) -> Result<Option<Record>> {
-        let Some(name) = self.records.get(layer).copied().flatten() else {
+        let Some(name) = self.stack().records.get(layer).copied().flatten() else {
             return Ok(None);
         };
         if !carries(node.kind()) {
@@ -264,7 +264,7 @@ impl Union {
     /// `st` (of node `ino`) as the mount shows it: with the owner and mode its layer
     /// records for it, when it has a record.
     pub fn shown_stat(&self, ino: u64, st: &mut Stat) {
-        if self.records.iter().all(|r| r.is_none()) || !carries(layer::file_type(st)) {
+        if self.stack().records.iter().all(|r| r.is_none()) || !carries(layer::file_type(st)) {
             return;
         }
         let Ok(node) = self.node(ino) else { return };
@@ -408,7 +408,7 @@ impl Union {
         dname: &OsStr,
     ) -> Result<()> {
         let kind = layer::file_type(st);
-        let src_rec = self.records.get(src).copied().flatten();
+        let src_rec = self.stack().records.get(src).copied().flatten();
         let upper_rec = self.owner_record();
         if !carries(kind) || (src_rec.is_none() && upper_rec.is_none()) {
             return Ok(());
@@ -480,8 +480,8 @@ mod tests {
 
     #[test]
     fn records_apply_keep_the_type() {
-        let mut st: Stat = unsafe { std::mem::zeroed() }; // plain C struct, all zero is valid
-        st.st_mode = libc::S_IFREG | 0o600;
+        let mut st: Stat = crate::sys::zero_stat(rustix::fs::FileType::RegularFile);
+        st.st_mode |= 0o600;
         apply(&mut st, &parse(b"7:8:4755").unwrap());
         assert_eq!((st.st_uid, st.st_gid, st.st_mode), (7, 8, libc::S_IFREG | 0o4755));
         assert!(is_override_xattr(CONTAINERS.as_bytes()) && !is_override_xattr(b"user.other"));

@@ -57,6 +57,11 @@ pub struct DirHandles {
 }
 
 impl DirHandles {
+    /// The nodes of every open directory handle.
+    pub fn nodes(&self) -> Vec<Arc<Node>> {
+        self.map.lock().values().map(|h| h.node.clone()).collect()
+    }
+
     pub fn insert(&self, node: Arc<Node>) -> u64 {
         let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         self.map.lock().insert(
@@ -102,7 +107,7 @@ impl Union {
         if path.as_os_str().is_empty() {
             return Ok(crate::inode::ROOT_ID);
         }
-        for layer in &self.layers {
+        for layer in self.stack().layers.iter() {
             if let Some(st) = layer.stat(path)? {
                 if layer::file_type(&st) == FileType::Directory {
                     return Ok(self.ino_of(&st));
@@ -133,8 +138,9 @@ impl Union {
         ];
         let mut seen: HashSet<OsString> = HashSet::new();
         for &l in &st.layers {
-            let forms = self.forms[l];
-            let layer = &self.layers[l];
+            let forms = self.stack().forms[l];
+            let stack = self.stack();
+            let layer = &stack.layers[l];
             // The upper is read afresh; lower listings are kept.
             let (fresh, kept);
             let entries: Vec<(&OsStr, FileType, u64, Option<&ListEntry>)> = if layer.is_upper {

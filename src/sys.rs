@@ -66,3 +66,12 @@ pub fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
     set.set(cpu);
     rustix::thread::sched_setaffinity(None, &set).map_err(Into::into)
 }
+
+/// A `struct stat` of type `kind` with every other field zero (for an entry whose real
+/// stat can no longer be read).
+pub fn zero_stat(kind: rustix::fs::FileType) -> rustix::fs::Stat {
+    // SAFETY: `struct stat` is plain C data; all zeroes is a valid value of it.
+    let mut st: rustix::fs::Stat = unsafe { std::mem::zeroed() };
+    st.st_mode = kind.as_raw_mode();
+    st
+}

@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use parking_lot::RwLock;
 use rustix::fs::FileType;
 
@@ -22,11 +23,24 @@ use crate::whiteout::{self, Forms};
 const KEPT_DIR_FDS: usize = 4096;
 /// How many lower-layer directory listings are kept.
 const LISTED_DIRS: usize = 16384;
+/// The layers as they stand, top first: index 0 is the upper layer when there is
+/// one. A live mount's stack is replaced whole (see stack.rs), never changed in place;
+/// layers that stay are shared between the old stack and the new.
+pub struct Stack {
+    pub layers: Vec<Arc<Layer>>,
+    /// Per layer: the whiteout forms it honours.
+    pub forms: Vec<Forms>,
+    /// Per layer: the xattr it keeps owners and modes in (see override_stat.rs).
+    pub records: Vec<Option<&'static str>>,
+}
+
 pub struct Union {
     pub cfg: Config,
-    /// The stack, top first: index 0 is the upper layer when there is one.
-    pub layers: Vec<Layer>,
-    pub forms: Vec<Forms>,
+    /// The stack: read with `stack()`, replaced by `stack::change` only.
+    stack: ArcSwap<Stack>,
+    /// Held shared by every request for as long as it runs (node states hold layer
+    /// indices into the stack), exclusively by a change of the stack.
+    pub gate: RwLock<()>,
     pub has_upper: bool,
     /// There is an upper and the mount is not read-only (`ro`): the only case in
     /// which anything is written.
@@ -50,8 +64,8 @@ pub struct Union {
     pub killpriv: AtomicBool,
     /// Tells the kernel about changes it did not ask for (set once mounted).
     pub notifier: Arc<OnceLock<fuser::Notifier>>,
-    /// Per layer, top first: the xattr it keeps owners and modes in (see override_stat.rs).
-    pub records: Vec<Option<&'static str>>,
+    /// The FUSE connection, for the notifications fuser cannot send (set once mounted).
+    pub device: OnceLock<std::os::fd::OwnedFd>,
 }
 
 fn canonical(p: &Path) -> Result<PathBuf, String> {
@@ -80,7 +94,7 @@ impl Union {
         }
         let upper = cfg.upper.clone();
         if let Some(u) = &upper {
-            layers.push(Layer::open(0, true, u).map_err(|e| format!("upper layer {e}"))?);
+            layers.push(Layer::open(true, u).map_err(|e| format!("upper layer {e}"))?);
             canon.push(canonical(u)?);
             let vfs = rustix::fs::fstatvfs(layers[0].root()).map_err(|e| format!("{}: {}", u.display(), e))?;
             if vfs.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY) && !cfg.read_only {
@@ -89,7 +103,7 @@ impl Union {
         }
         for l in &cfg.lowers {
             let i = layers.len();
-            layers.push(Layer::open(i, false, l).map_err(|e| format!("lower layer {e}"))?);
+            layers.push(Layer::open(false, l).map_err(|e| format!("lower layer {e}"))?);
             let c = canonical(l)?;
             let same_dir = upper.is_some() && layers[0].same_dir_as(&layers[i]);
             if let Some(u) = upper.as_ref().filter(|_| same_dir || nested(&canon[0], &c)) {
@@ -157,13 +171,17 @@ impl Union {
         }
         let records = crate::override_stat::layer_records(&cfg, &layers)?;
         let ttl = cfg.timeout;
-        Ok(Union {
+        let stack = Stack {
+            layers: layers.into_iter().map(Arc::new).collect(),
+            forms,
             records,
+        };
+        Ok(Union {
             has_upper: upper.is_some(),
             writable: upper.is_some() && !cfg.read_only,
             cfg,
-            layers,
-            forms,
+            stack: ArcSwap::from_pointee(stack),
+            gate: RwLock::new(()),
             work,
             table,
             files: Handles::default(),
@@ -173,6 +191,7 @@ impl Union {
             passthrough: AtomicBool::new(false),
             killpriv: AtomicBool::new(false),
             notifier: Arc::new(OnceLock::new()),
+            device: OnceLock::new(),
             listings: Listings::new(LISTED_DIRS),
         })
     }
@@ -190,8 +209,25 @@ impl Union {
         }
     }
 
-    pub fn upper(&self) -> Option<&Layer> {
-        self.layers.first().filter(|l| l.is_upper)
+    /// Entered by every request before it looks at nodes or layers, left when it is
+    /// answered: a change of the stack waits for the requests in flight and holds
+    /// new ones meanwhile (see stack.rs).
+    pub fn enter(&self) -> parking_lot::RwLockReadGuard<'_, ()> {
+        self.gate.read()
+    }
+
+    /// The stack as it stands (cheap: no lock, no copy).
+    pub fn stack(&self) -> arc_swap::Guard<Arc<Stack>> {
+        self.stack.load()
+    }
+
+    /// Puts `new` in place of the stack (see stack.rs: under the gate, held alone).
+    pub fn replace_stack(&self, new: Stack) -> Arc<Stack> {
+        self.stack.swap(Arc::new(new))
+    }
+
+    pub fn upper(&self) -> Option<Arc<Layer>> {
+        self.stack().layers.first().filter(|l| l.is_upper).cloned()
     }
 
     /// First lower layer index.

@@ -1,11 +1,13 @@
 //! The `strata` subcommands that treat layers as objects: `export` (a layer's changes
 //! as an OCI layer tar), `apply` (a layer tar unpacked into a layer directory),
-//! `mount --image` with its content-addressed `store`. None of them touch the
-//! daemon's internals; a live mount is found through /proc (see `live`).
+//! `mount --image` with its content-addressed `store`, and `layers` (the stack of a
+//! live mount, changed through its control socket). None of them touch the daemon's
+//! internals; a live mount is found through /proc (see `live`) or its socket.
 
 pub mod apply;
 pub mod export;
 pub mod image;
+pub mod layers;
 pub mod live;
 pub mod store;
 pub mod tarfmt;
@@ -18,7 +20,7 @@ pub mod tarfmt;
 /// `mount` is the subcommand only with `--image` (or `--help`).
 pub fn subcommand(args: &[std::ffi::OsString]) -> Option<&'static str> {
     let first = args.get(1)?.to_str()?;
-    let name = ["export", "apply", "mount", "store"]
+    let name = ["export", "apply", "mount", "store", "layers"]
         .into_iter()
         .find(|n| *n == first)?;
     let rest = &args[2..];
@@ -33,9 +35,11 @@ pub fn subcommand(args: &[std::ffi::OsString]) -> Option<&'static str> {
             a.strip_prefix("-o").map(str::to_owned)
         };
         if let Some(o) = opts {
-            if o.split(',')
-                .any(|kv| kv.starts_with("lowerdir=") || kv.starts_with("upperdir="))
-            {
+            if o.split(',').any(|kv| {
+                ["lowerdir=", "upperdir=", "layers_from="]
+                    .iter()
+                    .any(|k| kv.starts_with(k))
+            }) {
                 is_mount = true;
             }
         }
@@ -79,6 +83,8 @@ mod tests {
         assert_eq!(sub(&["export", "/mnt", "-o", "lowerdir=/l"]), None);
         assert_eq!(sub(&["export", "/mnt", "-o", "rw,upperdir=/u,lowerdir=/l"]), None);
         assert_eq!(sub(&["store", "/mnt", "-olowerdir=/l"]), None);
+        assert_eq!(sub(&["layers", "/mnt"]), Some("layers"));
+        assert_eq!(sub(&["layers", "/mnt", "-o", "layers_from=/f"]), None);
         assert_eq!(sub(&["mount", "/mnt", "--lower", "/l"]), None);
         assert_eq!(sub(&["-o", "lowerdir=/l", "/mnt"]), None);
         assert_eq!(sub(&["/src", "/mnt", "-o", "lowerdir=/l"]), None);

@@ -1,0 +1,224 @@
+//! The control socket of a live mount: where it lives, the one-line requests that
+//! `strata layers` sends over it, and the daemon's side that serves them (list the
+//! layers, add one, remove one; see stack.rs for what a change does).
+//!
+//! The socket is `DIR/<name>.sock`, DIR being /run/strata for root and
+//! $XDG_RUNTIME_DIR/strata for other users (made 0700), the name a digest of the
+//! mount point's canonical path. Only the daemon's own user, or root, may use it (the
+//! peer's credentials are checked on every connection). After every change the
+//! lower layers are saved next to it, in `<name>.layers`, one path a line, for
+//! `--layers-from` at the next mount.
+//!
+//! Protocol: the client writes one line, `list`, `add\tAT\tDIR` or `del\tDIR`, and
+//! reads the answer to the end: `ok` and lines of text, or `err ERRNO` and a sentence.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::stack::Change;
+use crate::union::Union;
+
+/// The directory control sockets of this user's mounts live in, if it has one.
+pub fn runtime_dir() -> Option<PathBuf> {
+    if rustix::process::geteuid().is_root() {
+        return Some(PathBuf::from("/run/strata"));
+    }
+    let xdg = std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty())?;
+    Some(PathBuf::from(xdg).join("strata"))
+}
+
+/// The file name (without extension) for the mount at `mountpoint` (canonical).
+pub fn name_for(mountpoint: &Path) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(mountpoint.as_os_str().as_bytes());
+    d.iter().take(12).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Where a client looks for the socket of the mount at `mountpoint` (canonical):
+/// its own runtime dir, then root's, then every user's (root controlling a user's
+/// mount).
+pub fn socket_candidates(mountpoint: &Path) -> Vec<PathBuf> {
+    let name = format!("{}.sock", name_for(mountpoint));
+    let mut dirs: Vec<PathBuf> = runtime_dir().into_iter().collect();
+    dirs.push(PathBuf::from("/run/strata"));
+    if let Ok(users) = std::fs::read_dir("/run/user") {
+        dirs.extend(users.flatten().map(|u| u.path().join("strata")));
+    }
+    let mut out: Vec<PathBuf> = Vec::new();
+    for d in dirs {
+        let p = d.join(&name);
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The control socket being served; removes its file when dropped.
+pub struct Served {
+    pub socket: PathBuf,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// Starts serving the control socket of the mount `u` (in a thread of its own).
+/// `None`, with a warning, when there is nowhere to put it.
+pub fn serve(u: Arc<Union>) -> Option<Served> {
+    let Some(dir) = runtime_dir() else {
+        tracing::warn!("no XDG_RUNTIME_DIR: no control socket (`strata layers` cannot reach this mount)");
+        return None;
+    };
+    let mp = std::fs::canonicalize(&u.cfg.mountpoint).unwrap_or_else(|_| u.cfg.mountpoint.clone());
+    let name = name_for(&mp);
+    let socket = dir.join(format!("{name}.sock"));
+    let listener = match listen(&dir, &socket) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(
+                "control socket {}: {e} (`strata layers` cannot reach this mount)",
+                socket.display()
+            );
+            return None;
+        }
+    };
+    let saved = dir.join(format!("{name}.layers"));
+    save(&u, &saved);
+    tracing::info!("control socket {}", socket.display());
+    let spawned = std::thread::Builder::new().name("control".into()).spawn(move || {
+        for conn in listener.incoming() {
+            match conn {
+                Ok(c) => answer(&u, c, &saved),
+                Err(e) => tracing::debug!("control socket: {e}"),
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!("control socket: spawning its thread: {e}");
+        let _ = std::fs::remove_file(&socket);
+        return None;
+    }
+    Some(Served { socket })
+}
+
+/// Binds the socket, owner-only, in an owner-only directory. A socket file left by a
+/// daemon that is gone is replaced; one that answers belongs to another mount on the
+/// same mount point, and is left alone.
+fn listen(dir: &Path, socket: &Path) -> std::io::Result<UnixListener> {
+    std::fs::create_dir_all(dir)?;
+    let meta = std::fs::symlink_metadata(dir)?;
+    use std::os::unix::fs::MetadataExt;
+    if !meta.is_dir() || meta.uid() != rustix::process::geteuid().as_raw() {
+        return Err(std::io::Error::other("not a directory owned by this user"));
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    if socket.exists() {
+        if UnixStream::connect(socket).is_ok() {
+            return Err(std::io::Error::other(
+                "another live mount on this mount point serves it",
+            ));
+        }
+        std::fs::remove_file(socket)?;
+    }
+    let l = UnixListener::bind(socket)?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+/// Serves one connection: one request, one answer.
+fn answer(u: &Union, mut c: UnixStream, saved: &Path) {
+    let me = rustix::process::geteuid().as_raw();
+    match rustix::net::sockopt::socket_peercred(&c) {
+        Ok(cred) if cred.uid.as_raw() == me || cred.uid.is_root() => {}
+        Ok(cred) => {
+            let _ = write!(
+                c,
+                "err {}\nonly the mount's owner (uid {me}) or root may change its layers, not uid {}",
+                libc::EPERM,
+                cred.uid.as_raw()
+            );
+            return;
+        }
+        Err(e) => {
+            tracing::debug!("control socket: peer credentials: {e}");
+            return;
+        }
+    }
+    let mut line = Vec::new();
+    if BufReader::new(&c).read_until(b'\n', &mut line).is_err() {
+        return;
+    }
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    }
+    let mut parts = line.split(|&b| b == b'\t');
+    let path = |b: Option<&[u8]>| b.map(|b| PathBuf::from(std::ffi::OsStr::from_bytes(b)));
+    let reply = match parts.next() {
+        Some(b"list") => Ok(()),
+        Some(b"add") => {
+            let at = parts.next().and_then(|a| std::str::from_utf8(a).ok()?.parse().ok());
+            match (at, path(parts.next())) {
+                (Some(at), Some(dir)) => change(u, &Change::Add { dir, at }, saved),
+                _ => Err((libc::EINVAL, "add: expected AT and DIR".to_string())),
+            }
+        }
+        Some(b"del") => match path(parts.next()) {
+            Some(dir) => change(u, &Change::Del { dir }, saved),
+            None => Err((libc::EINVAL, "del: expected DIR".to_string())),
+        },
+        _ => Err((libc::EINVAL, "unknown request".to_string())),
+    };
+    let _ = match reply {
+        Ok(()) => c.write_all(&listing(u, saved)),
+        Err((errno, msg)) => write!(c, "err {errno}\n{msg}"),
+    };
+}
+
+fn change(u: &Union, what: &Change, saved: &Path) -> Result<(), (i32, String)> {
+    u.change_stack(what).map_err(|r| (r.errno.raw_os_error(), r.msg))?;
+    save(u, saved);
+    Ok(())
+}
+
+/// `ok`, then the stack: `upper\tPATH` when there is one, `N\tPATH` for each lower
+/// (N its position, 0 the top one), and `saved\tFILE`.
+fn listing(u: &Union, saved: &Path) -> Vec<u8> {
+    let mut out = b"ok\n".to_vec();
+    if let Some(up) = u.upper() {
+        out.extend_from_slice(b"upper\t");
+        out.extend_from_slice(up.path.as_os_str().as_bytes());
+        out.push(b'\n');
+    }
+    for (i, l) in u.lowers().iter().enumerate() {
+        out.extend_from_slice(format!("{i}\t").as_bytes());
+        out.extend_from_slice(l.as_os_str().as_bytes());
+        out.push(b'\n');
+    }
+    out.extend_from_slice(b"saved\t");
+    out.extend_from_slice(saved.as_os_str().as_bytes());
+    out.push(b'\n');
+    out
+}
+
+/// Saves the lower layers (absolute paths, one a line) for `--layers-from`, replacing
+/// the file whole.
+fn save(u: &Union, saved: &Path) {
+    let mut text = Vec::new();
+    for l in u.lowers() {
+        let abs = std::fs::canonicalize(&l).unwrap_or(l);
+        text.extend_from_slice(abs.as_os_str().as_bytes());
+        text.push(b'\n');
+    }
+    let tmp = saved.with_extension("layers.tmp");
+    let r = std::fs::write(&tmp, &text).and_then(|_| std::fs::rename(&tmp, saved));
+    if let Err(e) = r {
+        tracing::warn!("saving the layers in {}: {e}", saved.display());
+    }
+}
