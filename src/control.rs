@@ -2,8 +2,8 @@
 //! `strata layers` sends over it, and the daemon's side that serves them (list the
 //! layers, add one, remove one; see stack.rs for what a change does).
 //!
-//! The socket is `DIR/<name>.sock`, DIR being /run/strata for root and
-//! $XDG_RUNTIME_DIR/strata for other users (made 0700), the name a digest of the
+//! The socket is `DIR/<name>.sock`, DIR being $STRATA_RUNTIME_DIR when set, else
+//! /run/strata for root and $XDG_RUNTIME_DIR/strata for other users (made 0700), the name a digest of the
 //! mount point's canonical path. Only the daemon's own user, or root, may use it (the
 //! peer's credentials are checked on every connection). After every change the
 //! lower layers are saved next to it, in `<name>.layers`, one path a line, for
@@ -24,6 +24,9 @@ use crate::union::Union;
 
 /// The directory control sockets of this user's mounts live in, if it has one.
 pub fn runtime_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("STRATA_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(d));
+    }
     if rustix::process::geteuid().is_root() {
         return Some(PathBuf::from("/run/strata"));
     }
@@ -69,9 +72,18 @@ impl Drop for Served {
     }
 }
 
-/// Starts serving the control socket of the mount `u` (in a thread of its own).
-/// `None`, with a warning, when there is nowhere to put it.
-pub fn serve(u: Arc<Union>) -> Option<Served> {
+/// A bound control socket, not served yet: bound before the mount shows, so that a
+/// client that sees the mount finds its socket; served once the mount is live
+/// (connections wait in the backlog meanwhile).
+pub struct Bound {
+    listener: UnixListener,
+    saved: PathBuf,
+    served: Served,
+}
+
+/// Binds the control socket of the mount `u`. `None`, with a warning, when there is
+/// nowhere to put it.
+pub fn bind(u: &Union) -> Option<Bound> {
     let Some(dir) = runtime_dir() else {
         tracing::warn!("no XDG_RUNTIME_DIR: no control socket (`strata layers` cannot reach this mount)");
         return None;
@@ -90,22 +102,38 @@ pub fn serve(u: Arc<Union>) -> Option<Served> {
         }
     };
     let saved = dir.join(format!("{name}.layers"));
-    save(&u, &saved);
-    tracing::info!("control socket {}", socket.display());
-    let spawned = std::thread::Builder::new().name("control".into()).spawn(move || {
-        for conn in listener.incoming() {
-            match conn {
-                Ok(c) => answer(&u, c, &saved),
-                Err(e) => tracing::debug!("control socket: {e}"),
+    save(u, &saved);
+    Some(Bound {
+        listener,
+        saved,
+        served: Served { socket },
+    })
+}
+
+impl Bound {
+    /// Serves the socket from a thread of its own; the returned value removes the
+    /// socket file when dropped.
+    pub fn serve(self, u: Arc<Union>) -> Option<Served> {
+        let Bound {
+            listener,
+            saved,
+            served,
+        } = self;
+        tracing::info!("control socket {}", served.socket.display());
+        let spawned = std::thread::Builder::new().name("control".into()).spawn(move || {
+            for conn in listener.incoming() {
+                match conn {
+                    Ok(c) => answer(&u, c, &saved),
+                    Err(e) => tracing::debug!("control socket: {e}"),
+                }
             }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!("control socket: spawning its thread: {e}");
+            return None;
         }
-    });
-    if let Err(e) = spawned {
-        tracing::warn!("control socket: spawning its thread: {e}");
-        let _ = std::fs::remove_file(&socket);
-        return None;
+        Some(served)
     }
-    Some(Served { socket })
 }
 
 /// Binds the socket, owner-only, in an owner-only directory. A socket file left by a

@@ -141,6 +141,7 @@ fn serve(union: Union, notify: Option<OwnedFd>) -> Result<(), String> {
     let signals = block_signals();
     let notifier = union.notifier.clone();
     let union = std::sync::Arc::new(union);
+    let control = crate::control::bind(&union);
     let rings = crate::uring::Rings::default();
     let choice = crate::uring::choice(union.clone(), rings.clone());
     let fs = crate::fs::StrataFs::new(union.clone(), Some(choice));
@@ -180,7 +181,7 @@ fn serve(union: Union, notify: Option<OwnedFd>) -> Result<(), String> {
         }
         Err(e) => tracing::warn!("duplicating the FUSE connection's fd: {e}"),
     }
-    let control = crate::control::serve(union.clone());
+    let control = control.and_then(|c| c.serve(union.clone()));
     let socket = control.as_ref().map(|c| c.socket.clone());
     report_live(notify);
     let mut unmounter = session.unmount_callable();
