@@ -61,6 +61,57 @@ pub fn socket_candidates(mountpoint: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// What the daemon answered.
+pub enum Answer {
+    /// `ok` and its text.
+    Ok(String),
+    /// `err ERRNO` and its sentence.
+    Refused(i32, String),
+}
+
+/// Sends one request line to the daemon of the mount at `mountpoint` (canonical) and
+/// reads its answer, waiting at most `timeout` for it (a stopped daemon must not hang
+/// the caller).
+pub fn ask(mountpoint: &Path, request: &[u8], timeout: std::time::Duration) -> Result<Answer, String> {
+    use std::io::Read;
+    if request.contains(&b'\n') {
+        return Err("a layer path may not hold a newline".into());
+    }
+    let socket = socket_candidates(mountpoint)
+        .into_iter()
+        .find(|s| s.exists())
+        .ok_or_else(|| {
+            format!(
+                "{}: no control socket found (not a live strata mount, or one of another user)",
+                mountpoint.display()
+            )
+        })?;
+    let io = |e: std::io::Error| format!("{}: {e}", socket.display());
+    let mut c = UnixStream::connect(&socket).map_err(io)?;
+    c.set_read_timeout(Some(timeout)).map_err(io)?;
+    c.write_all(request).and_then(|_| c.write_all(b"\n")).map_err(io)?;
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).map_err(io)?;
+    let (status, body) = answer.split_once('\n').unwrap_or((answer.as_str(), ""));
+    if status == "ok" {
+        return Ok(Answer::Ok(body.to_string()));
+    }
+    match status.strip_prefix("err ").and_then(|n| n.parse::<i32>().ok()) {
+        Some(n) => Ok(Answer::Refused(n, body.trim_end().to_string())),
+        None => Err(format!("unexpected answer from {}: {answer:?}", socket.display())),
+    }
+}
+
+/// The lower layers (top first) in a `list` answer's text.
+pub fn listed_lowers(body: &str) -> Vec<PathBuf> {
+    body.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once('\t')?;
+            k.parse::<usize>().ok().map(|_| PathBuf::from(v))
+        })
+        .collect()
+}
+
 /// The control socket being served; removes its file when dropped.
 pub struct Served {
     pub socket: PathBuf,
@@ -221,12 +272,12 @@ fn listing(u: &Union, saved: &Path) -> Vec<u8> {
     let mut out = b"ok\n".to_vec();
     if let Some(up) = u.upper() {
         out.extend_from_slice(b"upper\t");
-        out.extend_from_slice(up.path.as_os_str().as_bytes());
+        out.extend_from_slice(absolute(&up.path).as_os_str().as_bytes());
         out.push(b'\n');
     }
     for (i, l) in u.lowers().iter().enumerate() {
         out.extend_from_slice(format!("{i}\t").as_bytes());
-        out.extend_from_slice(l.as_os_str().as_bytes());
+        out.extend_from_slice(absolute(l).as_os_str().as_bytes());
         out.push(b'\n');
     }
     out.extend_from_slice(b"saved\t");
@@ -235,13 +286,18 @@ fn listing(u: &Union, saved: &Path) -> Vec<u8> {
     out
 }
 
+/// A layer path as others can use it (the daemon's may be relative to where it
+/// started).
+fn absolute(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
 /// Saves the lower layers (absolute paths, one a line) for `--layers-from`, replacing
 /// the file whole.
 fn save(u: &Union, saved: &Path) {
     let mut text = Vec::new();
     for l in u.lowers() {
-        let abs = std::fs::canonicalize(&l).unwrap_or(l);
-        text.extend_from_slice(abs.as_os_str().as_bytes());
+        text.extend_from_slice(absolute(&l).as_os_str().as_bytes());
         text.push(b'\n');
     }
     let tmp = saved.with_extension("layers.tmp");

@@ -480,3 +480,64 @@ fn readers_and_writers_see_no_error_while_layers_come_and_go() {
     assert_view(m.path(), &fresh_view(&fx, &lowers), "after the load");
     m.finish();
 }
+
+#[test]
+fn export_of_a_live_mount_follows_its_changed_stack() {
+    let fx = Fixture::new(1);
+    fx.lower(0).file("base", "b\n");
+    let n = Layer::new(fx.root().join("n"));
+    n.file("hl/a", "one file, two names\n").hardlink("hl/a", "hl/b");
+    let m = mount_live(&fx, &[]);
+    layers_ok(&fx, &["add", n.path().to_str().unwrap()]);
+    // Written through one name: the copy goes through the hard-link index, and the
+    // other name (found in the lowers) shows it too, so it belongs in the export.
+    write(&m.p("hl/a"), "changed through a\n");
+    assert_eq!(read_string(&m.p("hl/b")), "changed through a\n");
+    let export = |args: &[&str]| {
+        let out = Command::new(STRATA)
+            .arg("export")
+            .args(args)
+            .env("STRATA_RUNTIME_DIR", runtime(&fx))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "strata export {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let live = export(&[m.path().to_str().unwrap(), "--mtime", "0"]);
+    let lowers = format!("{}:{}", n.path().display(), fx.lower(0).path().display());
+    let explicit = export(&[
+        "--upper",
+        fx.upper.path().to_str().unwrap(),
+        "--lower",
+        &lowers,
+        "--workdir",
+        fx.work.to_str().unwrap(),
+        "--mtime",
+        "0",
+    ]);
+    assert!(
+        live == explicit,
+        "export of the live mount differs from an export of its current stack"
+    );
+    let as_mounted = export(&[
+        "--upper",
+        fx.upper.path().to_str().unwrap(),
+        "--lower",
+        fx.lower(0).path().to_str().unwrap(),
+        "--workdir",
+        fx.work.to_str().unwrap(),
+        "--mtime",
+        "0",
+    ]);
+    assert!(live != as_mounted, "the stack the daemon was started with gives another layer");
+    let names = String::from_utf8_lossy(&live).into_owned();
+    assert!(
+        names.contains("hl/b"),
+        "the other name of the written file is in the layer"
+    );
+    m.finish();
+}

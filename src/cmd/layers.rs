@@ -2,10 +2,11 @@
 //! lower layers of a live mount, through the mount's control socket (see control.rs
 //! for where it lives and what is said over it).
 
-use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::control::{self, Answer};
 
 use clap::{Parser, Subcommand};
 
@@ -65,39 +66,18 @@ fn run(a: &Args) -> Result<String, String> {
         }
         Some(Op::Del { dir }) => [b"del\t".as_slice(), absolute(dir)?.as_os_str().as_bytes()].concat(),
     };
-    if request.contains(&b'\n') {
-        return Err("a layer path may not hold a newline".into());
+    // A change waits for the requests in flight (30 s at most) before it is made.
+    match control::ask(&mp, &request, Duration::from_secs(120))? {
+        Answer::Ok(body) => Ok(show(&body)),
+        Answer::Refused(errno, msg) => {
+            let what = match &a.change {
+                None => String::new(),
+                Some(Op::Add { dir, .. }) => format!("add {}: ", dir.display()),
+                Some(Op::Del { dir }) => format!("del {}: ", dir.display()),
+            };
+            Err(format!("{what}{msg} ({})", std::io::Error::from_raw_os_error(errno)))
+        }
     }
-    let socket = crate::control::socket_candidates(&mp)
-        .into_iter()
-        .find(|s| s.exists())
-        .ok_or_else(|| {
-            format!(
-                "{}: no control socket found (not a live strata mount, or one of another user)",
-                mp.display()
-            )
-        })?;
-    let mut c = UnixStream::connect(&socket).map_err(|e| format!("{}: {e}", socket.display()))?;
-    c.write_all(&request)
-        .and_then(|_| c.write_all(b"\n"))
-        .map_err(|e| format!("{}: {e}", socket.display()))?;
-    let mut answer = String::new();
-    c.read_to_string(&mut answer)
-        .map_err(|e| format!("{}: {e}", socket.display()))?;
-    let (status, body) = answer.split_once('\n').unwrap_or((answer.as_str(), ""));
-    if status == "ok" {
-        return Ok(show(body));
-    }
-    let errno = status.strip_prefix("err ").and_then(|n| n.parse::<i32>().ok());
-    let what = match &a.change {
-        None => String::new(),
-        Some(Op::Add { dir, .. }) => format!("add {}: ", dir.display()),
-        Some(Op::Del { dir }) => format!("del {}: ", dir.display()),
-    };
-    Err(match errno {
-        Some(n) => format!("{what}{} ({})", body.trim_end(), std::io::Error::from_raw_os_error(n)),
-        None => format!("{what}unexpected answer from {}: {answer:?}", socket.display()),
-    })
 }
 
 /// A path to send: absolute, so that the daemon (in another directory) finds it.

@@ -88,6 +88,8 @@ fn parse_cmdline(args: &[OsString], cwd: &Path) -> Option<(PathBuf, Config)> {
             cfg.upper = Some(PathBuf::from(value()?));
         } else if a == "--workdir" {
             cfg.workdir = Some(PathBuf::from(value()?));
+        } else if a == "--layers-from" {
+            cfg.layers_from = Some(abs(Path::new(&value()?)));
         } else if a == "--threads" {
             value();
         } else if let Some(v) = a.strip_prefix("--lower=") {
@@ -138,7 +140,22 @@ pub fn daemons() -> Vec<Live> {
             continue;
         }
         let cwd = fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_else(|_| PathBuf::from("/"));
-        if let Some((mp, cfg)) = parse_cmdline(&args, &cwd) {
+        if let Some((mp, mut cfg)) = parse_cmdline(&args, &cwd) {
+            // The stack may have changed since the daemon started (`strata layers`):
+            // its control socket says what it is now, else the file it was mounted from.
+            let canon = canonical_mountpoint(&mp).unwrap_or_else(|| mp.clone());
+            match crate::control::ask(&canon, b"list", std::time::Duration::from_secs(5)) {
+                Ok(crate::control::Answer::Ok(body)) => cfg.lowers = crate::control::listed_lowers(&body),
+                _ if cfg.layers_from.is_some() => {
+                    let _ = crate::config::read_layers_from(&mut cfg);
+                    cfg.lowers = cfg
+                        .lowers
+                        .iter()
+                        .map(|l| if l.is_absolute() { l.clone() } else { cwd.join(l) })
+                        .collect();
+                }
+                _ => {}
+            }
             out.push(Live {
                 pid,
                 mountpoint: mp,
