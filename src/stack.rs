@@ -133,11 +133,7 @@ impl Union {
                 let pos = first + at;
                 let record = crate::override_stat::root_record(layer.root())
                     .map_err(|e| refused(e, format!("{}: reading its root's xattrs: {e}", dir.display())))?;
-                let mut new = Stack {
-                    layers: old.layers.clone(),
-                    forms: old.forms.clone(),
-                    records: old.records.clone(),
-                };
+                let mut new = Stack::clone(&old);
                 new.layers.insert(pos, Arc::new(layer));
                 new.forms.insert(pos, Forms::for_layer(false, self.cfg.whiteout_form));
                 new.records.insert(pos, record);
@@ -155,11 +151,7 @@ impl Union {
                     ));
                 }
                 self.check_unused(&old, k, &users, &mp)?;
-                let mut new = Stack {
-                    layers: old.layers.clone(),
-                    forms: old.forms.clone(),
-                    records: old.records.clone(),
-                };
+                let mut new = Stack::clone(&old);
                 new.layers.remove(k);
                 new.forms.remove(k);
                 new.records.remove(k);
@@ -204,42 +196,28 @@ impl Union {
         let mut layer = Layer::open(false, dir).map_err(|e| refused(Errno::NOENT, e))?;
         let canon = std::fs::canonicalize(dir).map_err(|e| refused(Errno::NOENT, format!("{}: {e}", dir.display())))?;
         let nested = |a: &Path, b: &Path| a.starts_with(b) || b.starts_with(a);
+        let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let mut others: Vec<(&str, PathBuf)> = vec![("the mount point", self.cfg.mountpoint.clone())];
         if let Some(u) = self.upper() {
-            let uc = std::fs::canonicalize(&u.path).unwrap_or_else(|_| u.path.clone());
-            if layer.same_dir_as(&u) || nested(&uc, &canon) {
-                return Err(refused(
-                    Errno::INVAL,
-                    format!(
-                        "{} and the upper layer {} are the same directory or nested in each other",
-                        dir.display(),
-                        u.path.display()
-                    ),
-                ));
+            if layer.same_dir_as(&u) {
+                others.push(("the upper layer", canon.clone()));
             }
+            others.push(("the upper layer", u.path.clone()));
         }
         if let Some(w) = &self.cfg.workdir {
-            let wc = std::fs::canonicalize(w).unwrap_or_else(|_| w.clone());
-            if nested(&wc, &canon) {
+            others.push(("the work dir", w.clone()));
+        }
+        for (what, p) in others {
+            if nested(&canonical(&p), &canon) {
                 return Err(refused(
                     Errno::INVAL,
                     format!(
-                        "{} and the work dir {} are the same directory or nested in each other",
+                        "{} and {what} {} are the same directory or nested in each other",
                         dir.display(),
-                        w.display()
+                        p.display()
                     ),
                 ));
             }
-        }
-        let mp = std::fs::canonicalize(&self.cfg.mountpoint).unwrap_or_else(|_| self.cfg.mountpoint.clone());
-        if nested(&mp, &canon) {
-            return Err(refused(
-                Errno::INVAL,
-                format!(
-                    "{} and the mount point {} are the same directory or nested in each other",
-                    dir.display(),
-                    self.cfg.mountpoint.display()
-                ),
-            ));
         }
         if canon.to_string_lossy().contains('\n') {
             return Err(refused(

@@ -26,6 +26,7 @@ const LISTED_DIRS: usize = 16384;
 /// The layers as they stand, top first: index 0 is the upper layer when there is
 /// one. A live mount's stack is replaced whole (see stack.rs), never changed in place;
 /// layers that stay are shared between the old stack and the new.
+#[derive(Clone)]
 pub struct Stack {
     pub layers: Vec<Arc<Layer>>,
     /// Per layer: the whiteout forms it honours.

@@ -8,7 +8,6 @@
 mod common;
 
 use std::ffi::OsString;
-use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -107,23 +106,10 @@ fn fresh_view(fx: &Fixture, lowers: &[PathBuf]) -> Snapshot {
 #[track_caller]
 fn assert_view(live: &Path, want: &Snapshot, when: &str) {
     let now = Snapshot::of(live).view();
-    if &now == want {
-        return;
+    if &now != want {
+        let diff = want.diff(&now);
+        panic!("{when}: the live mount differs from a fresh mount of its stack (before: fresh, after: live):\n{diff}");
     }
-    let mut diff = String::new();
-    for (p, w) in &want.0 {
-        match now.0.get(p) {
-            None => writeln!(diff, "  missing: {}", p.display()).unwrap(),
-            Some(n) if n != w => {
-                writeln!(diff, "  differs: {}\n    live:  {n:?}\n    fresh: {w:?}", p.display()).unwrap()
-            }
-            _ => {}
-        }
-    }
-    for p in now.0.keys().filter(|p| !want.0.contains_key(*p)) {
-        writeln!(diff, "  extra: {}", p.display()).unwrap();
-    }
-    panic!("{when}: the live mount differs from a fresh mount of its stack:\n{diff}");
 }
 
 /// Reads every name the test cares about through the mount, so that the kernel
@@ -292,46 +278,45 @@ fn a_layer_in_use_is_not_removed_and_the_user_is_named() {
     let m = mount_live(&fx, &[]);
     let l1 = fx.lower(1).path().to_str().unwrap().to_string();
 
+    // `strata layers del l1` while a `sleep` holds something of the mount: (exit
+    // code, stderr, the holder's pid).
+    let del_while = |holder: &mut Command| {
+        let mut child = holder.spawn().unwrap();
+        // Until it has become `sleep`, the child is a copy of this test.
+        let comm = format!("/proc/{}/comm", child.id());
+        while fs::read_to_string(&comm).unwrap_or_default().trim() != "sleep" {
+            thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let (code, _, err) = layers(&fx, &["del", &l1], None);
+        let _ = child.kill();
+        let _ = child.wait();
+        (code, err, child.id())
+    };
+    let sleeper = || {
+        let mut c = Command::new("sleep");
+        c.arg("300");
+        c
+    };
+
     // An open file of the layer.
-    let mut holder = Command::new("sleep")
-        .arg("300")
-        .stdin(fs::File::open(m.p("f")).unwrap())
-        .spawn()
-        .unwrap();
-    let (code, _, err) = layers(&fx, &["del", &l1], None);
-    let _ = holder.kill();
-    let _ = holder.wait();
+    let (code, err, pid) = del_while(sleeper().stdin(fs::File::open(m.p("f")).unwrap()));
     assert_ne!(code, 0, "removing a layer with an open file must fail");
     assert!(
-        err.contains("in use") && err.contains(&format!("process {}", holder.id())) && err.contains("sleep"),
+        err.contains("in use") && err.contains(&format!("process {pid}")) && err.contains("sleep"),
         "the refusal names the file's user: {err}"
     );
     assert!(err.contains("busy"), "EBUSY: {err}");
 
     // A working directory found only in that layer.
-    let mut holder = Command::new("sleep")
-        .arg("300")
-        .current_dir(m.p("cwd_only"))
-        .spawn()
-        .unwrap();
-    let (code, _, err) = layers(&fx, &["del", &l1], None);
-    let _ = holder.kill();
-    let _ = holder.wait();
+    let (code, err, pid) = del_while(sleeper().current_dir(m.p("cwd_only")));
     assert_ne!(code, 0);
     assert!(
-        err.contains("working directory") && err.contains(&holder.id().to_string()),
+        err.contains("working directory") && err.contains(&pid.to_string()),
         "{err}"
     );
 
     // A merged directory that stays (l0 has it too) does not hold the layer.
-    let mut holder = Command::new("sleep")
-        .arg("300")
-        .current_dir(m.p("dir"))
-        .spawn()
-        .unwrap();
-    let (code, _, err) = layers(&fx, &["del", &l1], None);
-    let _ = holder.kill();
-    let _ = holder.wait();
+    let (code, err, _) = del_while(sleeper().current_dir(m.p("dir")));
     assert_eq!(code, 0, "a merged directory that stays does not block: {err}");
     assert_eq!(names(&m.p("dir")), strs(&["h"]));
     assert!(!exists(&m.p("f")));
@@ -533,7 +518,10 @@ fn export_of_a_live_mount_follows_its_changed_stack() {
         "--mtime",
         "0",
     ]);
-    assert!(live != as_mounted, "the stack the daemon was started with gives another layer");
+    assert!(
+        live != as_mounted,
+        "the stack the daemon was started with gives another layer"
+    );
     let names = String::from_utf8_lossy(&live).into_owned();
     assert!(
         names.contains("hl/b"),

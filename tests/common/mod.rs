@@ -1147,6 +1147,11 @@ impl Snapshot {
         if &now == self {
             return;
         }
+        panic!("layer {} changed:\n{}", root.display(), self.diff(&now));
+    }
+
+    /// The differences from this snapshot to `now`, one entry a line (or two).
+    pub fn diff(&self, now: &Snapshot) -> String {
         let mut diff = String::new();
         for (p, before) in &self.0 {
             match now.0.get(p) {
@@ -1163,6 +1168,6 @@ impl Snapshot {
         for p in now.0.keys().filter(|p| !self.0.contains_key(*p)) {
             writeln!(diff, "  added: {}", p.display()).unwrap();
         }
-        panic!("layer {} changed:\n{diff}", root.display());
+        diff
     }
 }
