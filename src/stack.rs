@@ -247,7 +247,15 @@ impl Union {
                         "open file" => "is open in".to_string(),
                         how => format!("is the {how} of"),
                     };
-                    return Err(busy(format!("{} {what} process {} ({})", shown(&u.rel), u.pid, u.comm)));
+                    // Every process that holds it so (a forked child shares its fds).
+                    let mut who: Vec<String> = Vec::new();
+                    for o in users.iter().filter(|o| o.rel == u.rel && o.how == u.how) {
+                        let w = format!("process {} ({})", o.pid, o.comm);
+                        if !who.contains(&w) {
+                            who.push(w);
+                        }
+                    }
+                    return Err(busy(format!("{} {what} {}", shown(&u.rel), who.join(", "))));
                 }
             }
         }
