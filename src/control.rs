@@ -7,7 +7,7 @@
 //! mount point's canonical path. Only the daemon's own user, or root, may use it (the
 //! peer's credentials are checked on every connection). After every change the
 //! lower layers are saved next to it, in `<name>.layers`, one path a line, for
-//! `--layers-from` at the next mount.
+//! `--layers-from` at the next mount (a mount never changed saves nothing).
 //!
 //! Protocol: the client writes one line, `list`, `add\tAT\tDIR` or `del\tDIR`, and
 //! reads the answer to the end: `ok` and lines of text, or `err ERRNO` and a sentence.
@@ -152,8 +152,9 @@ pub fn bind(u: &Union) -> Option<Bound> {
             return None;
         }
     };
+    // Written at the first change only: a mount whose stack never changes (a
+    // container's) leaves nothing behind.
     let saved = dir.join(format!("{name}.layers"));
-    save(u, &saved);
     Some(Bound {
         listener,
         saved,
@@ -267,7 +268,7 @@ fn change(u: &Union, what: &Change, saved: &Path) -> Result<(), (i32, String)> {
 }
 
 /// `ok`, then the stack: `upper\tPATH` when there is one, `N\tPATH` for each lower
-/// (N its position, 0 the top one), and `saved\tFILE`.
+/// (N its position, 0 the top one), and `saved\tFILE` once a change saved it.
 fn listing(u: &Union, saved: &Path) -> Vec<u8> {
     let mut out = b"ok\n".to_vec();
     if let Some(up) = u.upper() {
@@ -280,9 +281,11 @@ fn listing(u: &Union, saved: &Path) -> Vec<u8> {
         out.extend_from_slice(absolute(l).as_os_str().as_bytes());
         out.push(b'\n');
     }
-    out.extend_from_slice(b"saved\t");
-    out.extend_from_slice(saved.as_os_str().as_bytes());
-    out.push(b'\n');
+    if saved.exists() {
+        out.extend_from_slice(b"saved\t");
+        out.extend_from_slice(saved.as_os_str().as_bytes());
+        out.push(b'\n');
+    }
     out
 }
 
