@@ -678,6 +678,12 @@ enum Op {
     },
     /// Closes every handle, unmounts and mounts again.
     Remount,
+    /// `strata layers add` of a layer holding only a name of its own (at position `at`
+    /// among the lowers), then `del` of it: the name shows and goes, and nothing else
+    /// may change, though every node the kernel holds is resolved again twice.
+    LayerBounce {
+        at: u64,
+    },
 }
 
 fn flag_names(flags: i32) -> String {
@@ -763,6 +769,7 @@ impl fmt::Display for Op {
             Op::HStat { slot } => write!(f, "fstat(fd{slot})"),
             Op::HClose { slot } => write!(f, "close(fd{slot})"),
             Op::Remount => write!(f, "close all; unmount; mount"),
+            Op::LayerBounce { at } => write!(f, "strata layers add BOUNCE --at {at}; strata layers del BOUNCE"),
         }
     }
 }
@@ -989,7 +996,7 @@ impl Side {
             }
             Op::ListStat { path } => list_stat(&self.p(path)),
             Op::MmapWrite { path, off, len, fill } => mmap_write(&self.p(path), *off, &data(*fill, *len)),
-            Op::Stat { .. } | Op::HStat { .. } | Op::Remount | Op::DropCaches => {
+            Op::Stat { .. } | Op::HStat { .. } | Op::Remount | Op::DropCaches | Op::LayerBounce { .. } => {
                 unreachable!("answered by apply or the world")
             }
             Op::HClose { slot } => {
@@ -1192,7 +1199,8 @@ fn gen_op(rng: &mut Rng, k: &Known, open: &[bool]) -> Op {
         61..=62 => Op::Stat { path: k.any(rng) },
         63 => match rng.below(40) {
             0 => Op::Remount,
-            1..=4 => Op::DropCaches,
+            1..=2 => Op::DropCaches,
+            3..=4 => Op::LayerBounce { at: rng.below(2) },
             _ => Op::MmapWrite {
                 path: k.file(rng),
                 off: off(rng) % 8192,
@@ -1441,11 +1449,19 @@ impl Drop for Tmpfs {
 }
 
 fn mount(s: &Stack, opts: &str) -> Mount {
-    if opts.is_empty() {
-        s.mount()
-    } else {
-        s.mount_with(opts)
-    }
+    let o = match opts.is_empty() {
+        true => s.opts(),
+        false => format!("{},{opts}", s.opts()),
+    };
+    let rt = runtime_dir(s);
+    Mount::start_env(&o, &s.mnt, &[("STRATA_RUNTIME_DIR", rt.to_str().unwrap())])
+}
+
+/// The mount's control socket (and saved stack) go here, not in /run/strata.
+fn runtime_dir(s: &Stack) -> PathBuf {
+    let d = s.dir.path().join("run");
+    fs::create_dir_all(&d).unwrap();
+    d
 }
 
 /// A stack with random lowers from a seed, its model, the mount, and both sides'
@@ -1649,6 +1665,9 @@ impl World {
             drop_caches();
             return Ok(String::new());
         }
+        if let Op::LayerBounce { at } = op {
+            return self.bounce(*at);
+        }
         if let Op::Remount = op {
             // No prowler in the mount while it goes away (one stuck in a call for long
             // is a hang of the mount).
@@ -1679,6 +1698,47 @@ impl World {
             ));
         }
         Ok(show(&want))
+    }
+
+    /// `Op::LayerBounce`: a layer comes and goes on the live mount (not with
+    /// metacopy=on, whose mounts refuse it).
+    fn bounce(&mut self, at: u64) -> Result<String, String> {
+        if self.opts.contains("metacopy=on") {
+            return Ok("(metacopy=on: the stack does not change)".into());
+        }
+        let dir = self.s.dir.path().join("bounce");
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("zz-bounce")).unwrap();
+        fs::write(dir.join("zz-bounce/f"), "bounced\n").unwrap();
+        let run = |args: &[&std::ffi::OsStr]| -> Result<(), String> {
+            let out = std::process::Command::new(stack::STRATA)
+                .arg("layers")
+                .arg(&self.s.mnt)
+                .args(args)
+                .env("STRATA_RUNTIME_DIR", runtime_dir(&self.s))
+                .output()
+                .map_err(|e| format!("strata layers: {e}"))?;
+            match out.status.success() {
+                true => Ok(()),
+                false => Err(format!("strata layers {args:?}: {}", String::from_utf8_lossy(&out.stderr))),
+            }
+        };
+        let shown = self.s.mnt.join("zz-bounce/f");
+        run(&["add".as_ref(), dir.as_ref(), "--at".as_ref(), at.to_string().as_ref()])?;
+        // Shown, unless the upper's root has become opaque (a removal of a lower entry
+        // with a name too long for its whiteout makes its directory so): then it hides
+        // the new layer's name, as it would in a fresh mount.
+        let opaque_root = self.s.upper.join(".wh..wh..opq").exists();
+        match fs::read_to_string(&shown) {
+            Ok(s) if s == "bounced\n" && !opaque_root => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && opaque_root => {}
+            other => return Err(format!("the added layer's file reads {other:?} (upper root opaque: {opaque_root})")),
+        }
+        run(&["del".as_ref(), dir.as_ref()])?;
+        if fs::symlink_metadata(&shown).is_ok() || fs::symlink_metadata(self.s.mnt.join("zz-bounce")).is_ok() {
+            return Err("the removed layer's name is still there".into());
+        }
+        Ok(String::new())
     }
 
     /// Compares the whole visible trees; returns the model's.
