@@ -3,10 +3,10 @@
 #   1. installs what it needs when missing (fuse3, attr, a C compiler,
 #      pjdfstest 0.2.2, the users pjdfstest switches to);
 #   2. cargo build --workspace, cargo test --workspace (the integration tests
-#      mount strata for real);
+#      mount strata for real; SKIP_CARGO=1 leaves cargo test out, in both passes);
 #   3. pjdfstest (POSIX conformance) inside a fresh strata mount;
 #   4. the podman end-to-end test when tests/podman/run.sh exists
-#      (SKIP_PODMAN=1 leaves it out);
+#      (SKIP_PODMAN=1 leaves it out, in both passes);
 #   5. Docker with strata as its fuse-overlayfs, and containerd's mount.fuse3
 #      argv (tests/docker/run.sh; SKIP_DOCKER=1 leaves it out);
 #   6. rootless podman as a test user, and strata mounted by that user by
@@ -15,9 +15,13 @@
 #      SKIP_XFSTESTS=1 leaves it out, XFSTESTS_TESTS="-g quick" runs the whole group);
 #   8. unionmount-testsuite --ov and --ov=10 (tests/unionmount/run.sh;
 #      SKIP_UNIONMOUNT=1 leaves it out);
-#   9. the integration tests again under the FUSE-over-io_uring transport
-#      (STRATA_TEST_TRANSPORT=uring) when the kernel has it: enable_uring is
-#      turned on for that run and restored (SKIP_URING=1 leaves it out);
+#   9. the io_uring pass, when the kernel has FUSE over io_uring: steps 2 to 4
+#      again (the integration tests, the differential test among them, with
+#      STRATA_TEST_TRANSPORT=uring; pjdfstest; rootful podman), every strata mount
+#      with -o io_uring=on, and each checked to have taken the rings (a mount that
+#      fell back to /dev/fuse fails its part). enable_uring is turned on for the
+#      pass and restored afterwards, on every way out; the summary says why when
+#      the pass cannot run (SKIP_URING=1 leaves it out);
 # then prints a summary and exits non-zero if anything failed. No mount or
 # daemon is left behind, whatever happens.
 set -euo pipefail
@@ -27,6 +31,9 @@ export PATH="$HOME/.cargo/bin:$PATH"
 export NO_COLOR=1
 PJDFSTEST_VERSION=0.2.2
 
+# The io_uring checks shared with the end-to-end scripts (uring_log_problems,
+# URING_LOG_FILTER); say and die are this script's own, defined after it.
+. tests/e2e-lib.sh
 say() { printf '\n==> %s\n' "$*"; }
 die() { echo "scripts/test.sh: $*" >&2; exit 1; }
 
@@ -118,92 +125,102 @@ cargo build --workspace
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug/strata
 [ -x "$BIN" ] || die "no binary at $BIN after the build"
 
-say "cargo test --workspace"
-# The tests' temporary dirs (and so their mounts) live under $WORK, so that a
-# leaked mount is found and removed below.
-mkdir -p "$WORK/tmp"
-set +e
-# Tests that skip a part (a missing tool) append "test: reason" lines here.
-export STRATA_SKIP_LOG=$WORK/cargo-skipped.txt
-: > "$STRATA_SKIP_LOG"
-STRATA_POWERCUT_REPORT=$WORK/powercut.txt TMPDIR=$WORK/tmp timeout -k 30 1200 cargo test --workspace --no-fail-fast 2>&1 | tee "$WORK/cargo-test.log"
-cargo_rc=${PIPESTATUS[0]}
-set -e
-read -r c_pass c_fail c_ign < <(awk '/^test result:/ {p += $4; f += $6; i += $8} END {print p+0, f+0, i+0}' "$WORK/cargo-test.log")
-if [ "$cargo_rc" -ne 0 ] && [ "$c_fail" -eq 0 ]; then
-    c_fail=1 # did not build, crashed or timed out: count it
-fi
-summary+=("cargo test:  $c_pass passed, $c_fail failed, $c_ign ignored (exit $cargo_rc)")
-# Ignored tests count as skipped; each says why (listed at the end).
-total_skip=$((total_skip + c_ign))
-grep -aE "^test .* \.\.\. ignored" "$WORK/cargo-test.log" | sed 's/^/    /' > "$WORK/cargo-ignored.txt" || true
-# The power-cut rounds (tests/powercut.rs; STRATA_POWERCUT_ROUNDS for more).
-if [ -s "$WORK/powercut.txt" ]; then
-    while IFS= read -r l; do summary+=("  power cut: $l"); done < "$WORK/powercut.txt"
-    if grep -q '^skipped' "$WORK/powercut.txt"; then total_skip=$((total_skip + 1)); fi
-fi
-if [ -s "$STRATA_SKIP_LOG" ]; then
-    summary+=("cargo test:  $(wc -l < "$STRATA_SKIP_LOG") parts skipped (listed below)")
-fi
-total_pass=$((total_pass + c_pass))
-total_fail=$((total_fail + c_fail))
-grep -E "^test .* FAILED$" "$WORK/cargo-test.log" | sed 's/^/    /' > "$WORK/cargo-failed.txt" || true
+# line LABEL TEXT: a summary line.
+line() { summary+=("$(printf '%-23s' "$1:") $2"); }
 
-leaks=$(leaked_mounts)
-if [ -n "$leaks" ]; then
-    summary+=("leaked mounts after cargo test: $(echo $leaks)")
-    total_fail=$((total_fail + 1))
-    unmount_all
+# Mounts left below $WORK after a part: named in the summary, counted as a
+# failure, and undone.
+check_leaks() { # label
+    local leaks
+    leaks=$(leaked_mounts)
+    if [ -n "$leaks" ]; then
+        line "$1" "leaked mounts: $(echo $leaks)"
+        total_fail=$((total_fail + 1))
+        unmount_all
+    fi
+}
+
+# cargo_pass LABEL TAG CMD...: one cargo test run, its output in
+# $WORK/cargo-test-TAG.log. The tests' temporary dirs (and so their mounts) live
+# under $WORK, so that a leaked mount is found and removed. Tests that skip a part
+# (a missing tool) append "test: reason" lines to $STRATA_SKIP_LOG.
+cargo_pass() {
+    local label=$1 tag=$2 log rc p f i prefix=
+    shift 2
+    [ "$tag" = classic ] || prefix="($tag) "
+    log=$WORK/cargo-test-$tag.log
+    local skiplog=$WORK/cargo-skipped-$tag.txt
+    : > "$skiplog"
+    say "$label"
+    set +e
+    STRATA_SKIP_LOG=$skiplog TMPDIR=$WORK/tmp "$@" 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+    set -e
+    read -r p f i < <(awk '/^test result:/ {p += $4; f += $6; i += $8} END {print p+0, f+0, i+0}' "$log")
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+        f=1 # did not build, crashed or timed out: count it
+    fi
+    line "$label" "$p passed, $f failed, $i ignored (exit $rc)"
+    # Ignored tests count as skipped; each says why (listed at the end, once: the
+    # same tests are ignored in every pass).
+    total_skip=$((total_skip + i))
+    total_pass=$((total_pass + p))
+    total_fail=$((total_fail + f))
+    [ -s "$WORK/cargo-ignored.txt" ] ||
+        grep -aE "^test .* \.\.\. ignored" "$log" | sed 's/^/    /' > "$WORK/cargo-ignored.txt" || true
+    grep -aE "^test .* FAILED$" "$log" | sed "s/^/    $prefix/" >> "$WORK/cargo-failed.txt" || true
+    if [ -s "$skiplog" ]; then
+        line "$label" "$(wc -l < "$skiplog") parts skipped (listed below)"
+        sed "s/^/$prefix/" "$skiplog" >> "$WORK/cargo-skipped.txt"
+    fi
+    check_leaks "$label"
+}
+
+mkdir -p "$WORK/tmp"
+: > "$WORK/cargo-failed.txt"
+: > "$WORK/cargo-skipped.txt"
+if [ -n "${SKIP_CARGO:-}" ]; then
+    line "cargo test" "skipped (SKIP_CARGO set)"
+else
+    STRATA_POWERCUT_REPORT=$WORK/powercut.txt cargo_pass "cargo test" classic \
+        timeout -k 30 1200 cargo test --workspace --no-fail-fast
+    # The power-cut rounds (tests/powercut.rs; STRATA_POWERCUT_ROUNDS for more).
+    if [ -s "$WORK/powercut.txt" ]; then
+        while IFS= read -r l; do summary+=("  power cut: $l"); done < "$WORK/powercut.txt"
+        if grep -q '^skipped' "$WORK/powercut.txt"; then total_skip=$((total_skip + 1)); fi
+    fi
 fi
 
 # ---------------------------------------------------------------- pjdfstest
-say "pjdfstest $PJDFSTEST_VERSION on a fresh strata mount"
-PJD=$WORK/pjdfstest
-mkdir -p "$PJD"/{lower,upper,work,secondary}
-chmod 755 "$PJD" "$PJD"/*
-# The suite runs in a directory that comes from the lower layer, so its very
-# first change copies a directory up.
-mkdir -m 0755 "$PJD/lower/suite"
-# pjdfstest 0.2.2 builds paths of PATH_MAX bytes in 127-byte steps below two
-# 10-byte temp dirs and panics (usize underflow) when nothing remains after
-# the last step: keep the mount point's length off that case.
-MNT=$PJD/mnt
-while [ $(( (4095 - ${#MNT} - 6 - 22) % 127 )) -eq 0 ]; do MNT=${MNT}x; done # 6: "/suite"
-mkdir -p "$MNT"
-
-# Users and groups from the config, matched to this system's group names.
-cfg=$PJD/pjdfstest.toml
+# pjdfstest users and groups from the config, matched to this system's group names.
+PJD_CFG=$WORK/pjdfstest.toml
 sed -e "s/\[\"nobody\", \"nogroup\"\]/[\"nobody\", \"$(id -gn nobody)\"]/" \
-    -e "s/\[\"tests\", \"tests\"\]/[\"tests\", \"$(id -gn tests)\"]/" tests/pjdfstest.toml > "$cfg"
+    -e "s/\[\"tests\", \"tests\"\]/[\"tests\", \"$(id -gn tests)\"]/" tests/pjdfstest.toml > "$PJD_CFG"
 # The EROFS cases remount the filesystem read-only; they run in a pjdfstest
 # process of their own (see tests/pjdfstest.toml).
-sed -e 's/^allow_remount = false/allow_remount = true/' "$cfg" > "$PJD/pjdfstest-erofs.toml"
-grep -q '^allow_remount = true' "$PJD/pjdfstest-erofs.toml" || die "tests/pjdfstest.toml: no allow_remount line"
+sed -e 's/^allow_remount = false/allow_remount = true/' "$PJD_CFG" > "$WORK/pjdfstest-erofs.toml"
+grep -q '^allow_remount = true' "$WORK/pjdfstest-erofs.toml" || die "tests/pjdfstest.toml: no allow_remount line"
 # pjdfstest remounts with `mount -o remount,ro MNT`. For a fuse.* mount,
 # mount(8) hands that to the FUSE mount helper, which would start a second
 # daemon instead; with -i it makes the remount call, mount(2), itself, as it
 # does for kernel filesystems. This shim adds -i for the EROFS pass.
-mkdir -p "$PJD/bin"
-printf '#!/bin/sh\nexec %s -i "$@"\n' "$(command -v mount)" > "$PJD/bin/mount"
-chmod 755 "$PJD/bin/mount"
+mkdir -p "$WORK/pjd-bin"
+printf '#!/bin/sh\nexec %s -i "$@"\n' "$(command -v mount)" > "$WORK/pjd-bin/mount"
+chmod 755 "$WORK/pjd-bin/mount"
 
-"$BIN" -f -o "lowerdir=$PJD/lower,upperdir=$PJD/upper,workdir=$PJD/work,allow_other" "$MNT" > "$PJD/strata.log" 2>&1 &
-STRATA_PID=$!
-for _ in $(seq 100); do
-    mountpoint -q "$MNT" && break
-    kill -0 "$STRATA_PID" 2>/dev/null || break
-    sleep 0.1
-done
+# The pjdfstest passes' labels and dirs, for the lists at the end.
+pjd_labels=()
+pjd_dirs=()
 
-pjd_pass=0 pjd_fail=0 pjd_skip=0
-run_pjdfstest() { # log config [patterns...]
-    local log=$1 conf=$2
+# run_pjdfstest LOG CONFIG [PATTERNS...]: one pjdfstest process in $mnt/suite;
+# adds to the caller's pjd_pass, pjd_fail and pjd_skip.
+run_pjdfstest() {
+    local log=$1 conf=$2 rc line f s p e
     shift 2
     set +e
-    (cd "$MNT/suite" && timeout -k 30 1800 pjdfstest -c "$conf" -p "$MNT/suite" -s "$PJD/secondary" "$@") > "$log" 2>&1
-    local rc=$?
+    (cd "$mnt/suite" && timeout -k 30 1800 pjdfstest -c "$conf" -p "$mnt/suite" -s "$pjd/secondary" "$@") > "$log" 2>&1
+    rc=$?
     set -e
-    local line
     line=$(grep -a '^Summary:' "$log" || true)
     if [ -z "$line" ]; then
         echo "pjdfstest did not finish (exit $rc); end of its output:"
@@ -222,58 +239,95 @@ run_pjdfstest() { # log config [patterns...]
     fi
 }
 
-if mountpoint -q "$MNT"; then
-    run_pjdfstest "$PJD/pass1.log" "$cfg"
-    PATH="$PJD/bin:$PATH" run_pjdfstest "$PJD/pass2-erofs.log" "$PJD/pjdfstest-erofs.toml" erofs
-    # The EROFS cases were skipped in the first pass and run in the second.
-    pjd_skip=$((pjd_skip - $(grep -ac 'erofs.* skipped$' "$PJD/pass1.log" || true)))
-    grep -ah -A3 'FAILED$' "$PJD/pass1.log" "$PJD/pass2-erofs.log" | grep -av '^ *[0-9]*: \|^ *at \|^Backtrace' \
-        | sed 's/^/    /' > "$PJD/failed.txt" || true
-    awk '/ skipped$/ { keep = ($1 !~ /erofs/); if (keep) print; next }
-         /^\t/ { if (keep) print; next }
-         { keep = 0 }' "$PJD/pass1.log" | sed 's/^/    /' > "$PJD/skipped.txt"
+# pjdfstest_pass LABEL DIR [OPTIONS]: pjdfstest, then its EROFS cases, in a fresh
+# strata mount under $WORK/DIR, mounted with -o OPTIONS added. Keep DIR short: the
+# socket cases bind(2) paths below the mount point, and a socket's path has room
+# for 107 bytes. With
+# io_uring=on among them the mount must have taken FUSE over io_uring, as its log
+# tells (a mount that fell back to /dev/fuse counts as a failure).
+pjdfstest_pass() {
+    local label=$1 dir=$2 opts=${3:-} pjd mnt strata_rc uring=0 problems note=
+    local pjd_pass=0 pjd_fail=0 pjd_skip=0
+    case ",$opts," in *,io_uring=on,*) uring=1 ;; esac
+    pjd=$WORK/$dir
+    pjd_labels+=("$label")
+    pjd_dirs+=("$pjd")
+    say "$label: pjdfstest $PJDFSTEST_VERSION on a fresh strata mount${opts:+ (-o $opts)}"
+    mkdir -p "$pjd"/{lower,upper,work,secondary}
+    chmod 755 "$pjd" "$pjd"/*
+    # The suite runs in a directory that comes from the lower layer, so its very
+    # first change copies a directory up.
+    mkdir -m 0755 "$pjd/lower/suite"
+    # pjdfstest 0.2.2 builds paths of PATH_MAX bytes in 127-byte steps below two
+    # 10-byte temp dirs and panics (usize underflow) when nothing remains after
+    # the last step: keep the mount point's length off that case.
+    mnt=$pjd/mnt
+    while [ $(( (4095 - ${#mnt} - 6 - 22) % 127 )) -eq 0 ]; do mnt=${mnt}x; done # 6: "/suite"
+    mkdir -p "$mnt"
 
-    fusermount3 -u "$MNT" || { sleep 1; fusermount3 -u "$MNT"; } || umount -l "$MNT" || true
-    set +e
-    wait "$STRATA_PID"
-    strata_rc=$?
-    set -e
-    STRATA_PID=
-    if [ "$strata_rc" -ne 0 ]; then
-        pjd_fail=$((pjd_fail + 1))
-        echo "strata exited $strata_rc after unmount; end of its log:"
-        tail -20 "$PJD/strata.log"
-    fi
-else
-    echo "strata did not mount; its log:"
-    cat "$PJD/strata.log"
-    pjd_fail=$((pjd_fail + 1))
-fi
-summary+=("pjdfstest:   $pjd_pass passed, $pjd_fail failed, $pjd_skip skipped")
-total_skip=$((total_skip + pjd_skip))
-total_pass=$((total_pass + pjd_pass))
-total_fail=$((total_fail + pjd_fail))
+    # With io_uring=on the daemon also logs which transport the mount got and
+    # when each queue serves its first request.
+    local envs=()
+    [ "$uring" = 0 ] || envs=("RUST_LOG=$URING_LOG_FILTER")
+    env "${envs[@]}" "$BIN" -f -o "lowerdir=$pjd/lower,upperdir=$pjd/upper,workdir=$pjd/work,allow_other${opts:+,$opts}" \
+        "$mnt" > "$pjd/strata.log" 2>&1 &
+    STRATA_PID=$!
+    for _ in $(seq 100); do
+        mountpoint -q "$mnt" && break
+        kill -0 "$STRATA_PID" 2>/dev/null || break
+        sleep 0.1
+    done
 
-# ---------------------------------------------------------------- podman
-if [ -x tests/podman/run.sh ]; then
-    if [ -n "${SKIP_PODMAN:-}" ]; then
-        summary+=("podman:      skipped (SKIP_PODMAN set)")
-    else
-        say "podman end-to-end (tests/podman/run.sh)"
+    if mountpoint -q "$mnt"; then
+        run_pjdfstest "$pjd/pass1.log" "$PJD_CFG"
+        PATH="$WORK/pjd-bin:$PATH" run_pjdfstest "$pjd/pass2-erofs.log" "$WORK/pjdfstest-erofs.toml" erofs
+        # The EROFS cases were skipped in the first pass and run in the second.
+        pjd_skip=$((pjd_skip - $(grep -ac 'erofs.* skipped$' "$pjd/pass1.log" || true)))
+        grep -ah -A3 'FAILED$' "$pjd/pass1.log" "$pjd/pass2-erofs.log" | grep -av '^ *[0-9]*: \|^ *at \|^Backtrace' \
+            | sed 's/^/    /' > "$pjd/failed.txt" || true
+        awk '/ skipped$/ { keep = ($1 !~ /erofs/); if (keep) print; next }
+             /^\t/ { if (keep) print; next }
+             { keep = 0 }' "$pjd/pass1.log" | sed 's/^/    /' > "$pjd/skipped.txt"
+
+        fusermount3 -u "$mnt" || { sleep 1; fusermount3 -u "$mnt"; } || umount -l "$mnt" || true
         set +e
-        STRATA=$BIN tests/podman/run.sh 2>&1 | tee "$WORK/podman.log"
-        podman_rc=${PIPESTATUS[0]}
+        wait "$STRATA_PID"
+        strata_rc=$?
         set -e
-        read -r pp pf < <(grep -aE '^[0-9]+ passed, [0-9]+ failed' "$WORK/podman.log" | tail -1 | awk '{print $1, $3}')
-        pp=${pp:-0} pf=${pf:-0}
-        if [ "$podman_rc" -ne 0 ] && [ "$pf" -eq 0 ]; then pf=1; fi
-        summary+=("podman:      $pp passed, $pf failed (exit $podman_rc)")
-        total_pass=$((total_pass + pp))
-        total_fail=$((total_fail + pf))
+        STRATA_PID=
+        if [ "$strata_rc" -ne 0 ]; then
+            pjd_fail=$((pjd_fail + 1))
+            echo "strata exited $strata_rc after unmount; end of its log:"
+            tail -20 "$pjd/strata.log"
+        fi
+        if [ "$uring" = 1 ]; then
+            problems=$(uring_log_problems "$pjd/strata.log"
+                grep -qaE 'io_uring queue [0-9]+: serving requests' "$pjd/strata.log" ||
+                    echo "no io_uring queue served a request")
+            if [ -n "$problems" ]; then
+                echo "the mount did not serve over io_uring:"
+                printf '%s\n' "$problems" | sed 's/^/    /'
+                pjd_fail=$((pjd_fail + 1))
+                note="; NOT over io_uring: $(printf '%s\n' "$problems" | head -1)"
+            else
+                note="; served over io_uring (its log)"
+            fi
+        fi
+    else
+        echo "strata did not mount; its log:"
+        cat "$pjd/strata.log"
+        pjd_fail=$((pjd_fail + 1))
     fi
-fi
+    line "$label" "$pjd_pass passed, $pjd_fail failed, $pjd_skip skipped$note"
+    total_skip=$((total_skip + pjd_skip))
+    total_pass=$((total_pass + pjd_pass))
+    total_fail=$((total_fail + pjd_fail))
+    check_leaks "$label"
+}
 
-# ---------------------------------------------------------------- other end-to-end and outside suites
+pjdfstest_pass pjdfstest pjd
+
+# ---------------------------------------------------------------- end-to-end and outside suites
 # xfstests and unionmount-testsuite are not shipped: their source comes from
 # XFSTESTS_SRC / UNIONMOUNT_SRC or a shared/third-party dir next to the repo.
 # Exit status 77 from a harness: no source found (counted as skipped, with why).
@@ -283,17 +337,17 @@ run_suite() { # label skipvar script timeout-seconds [env...]
     shift 4
     [ -x "$script" ] || return 0
     if [ -n "${!skipvar:-}" ]; then
-        summary+=("$(printf '%-12s' "$label:") skipped ($skipvar set)")
+        line "$label" "skipped ($skipvar set)"
         return
     fi
-    log=$WORK/$label.log
-    say "$label ($script)"
+    log=$WORK/${label//[^a-z0-9_]/_}.log
+    say "$label ($script${*:+ with $*})"
     set +e
     env STRATA="$BIN" "$@" timeout -k 30 "$limit" "$script" 2>&1 | tee "$log"
     rc=${PIPESTATUS[0]}
     set -e
     if [ "$rc" -eq 77 ]; then
-        summary+=("$(printf '%-12s' "$label:") skipped: $(tail -1 "$log")")
+        line "$label" "skipped: $(tail -1 "$log")"
         total_skip=$((total_skip + 1))
         return
     fi
@@ -301,11 +355,13 @@ run_suite() { # label skipvar script timeout-seconds [env...]
         awk '{print $1, $3, ($5 == "" ? 0 : $5)}')
     sp=${sp:-0} sf=${sf:-0} ss=${ss:-0}
     if [ "$rc" -ne 0 ] && [ "$sf" -eq 0 ]; then sf=1; fi
-    summary+=("$(printf '%-12s' "$label:") $sp passed, $sf failed, $ss skipped (exit $rc)")
+    line "$label" "$sp passed, $sf failed, $ss skipped (exit $rc)"
     total_pass=$((total_pass + sp))
     total_fail=$((total_fail + sf))
     total_skip=$((total_skip + ss))
+    check_leaks "$label"
 }
+run_suite podman SKIP_PODMAN tests/podman/run.sh 1800
 # The default xfstests subset (tests/xfstests/README.md); XFSTESTS_TESTS="-g quick"
 # runs the whole quick group.
 run_suite docker SKIP_DOCKER tests/docker/run.sh 900
@@ -313,47 +369,42 @@ run_suite rootless SKIP_ROOTLESS tests/podman/rootless.sh 900
 run_suite xfstests SKIP_XFSTESTS tests/xfstests/run.sh 2400
 run_suite unionmount SKIP_UNIONMOUNT tests/unionmount/run.sh 900
 
-leaks=$(leaked_mounts)
-if [ -n "$leaks" ]; then
-    summary+=("leaked mounts: $(echo $leaks)")
-    total_fail=$((total_fail + 1))
-fi
-
 # ---------------------------------------------------------------- io_uring
-# The integration tests a second time, mounted with -o io_uring=on. The kernel
-# offers FUSE over io_uring only while enable_uring is on (off by default).
+# The integration tests, pjdfstest and rootful podman a second time, every strata
+# mount with -o io_uring=on. The kernel offers FUSE over io_uring only while
+# enable_uring is on (off by default): on for this pass, then restored (here, or
+# by the exit trap on any other way out).
+uring_skip=
 if [ -n "${SKIP_URING:-}" ]; then
-    summary+=("io_uring:    skipped (SKIP_URING set)")
+    line "io_uring pass" "skipped (SKIP_URING set)"
 elif [ ! -w "$URING_PARAM" ]; then
-    summary+=("io_uring:    skipped (no $URING_PARAM: kernel without CONFIG_FUSE_IO_URING)")
+    uring_skip="no $URING_PARAM: kernel without CONFIG_FUSE_IO_URING"
 else
-    say "cargo test (integration tests) under the io_uring transport"
     URING_PREV=$(cat "$URING_PARAM")
     if ! echo Y > "$URING_PARAM" 2>/dev/null; then
         URING_PREV=
-        summary+=("io_uring:    skipped (could not turn $URING_PARAM on)")
+        uring_skip="could not turn $URING_PARAM on"
+    fi
+fi
+if [ -n "$uring_skip" ]; then
+    line "io_uring pass" "skipped ($uring_skip)"
+    total_skip=$((total_skip + 1))
+elif [ -n "$URING_PREV" ]; then
+    say "io_uring pass: enable_uring turned on (was $URING_PREV; restored afterwards)"
+    if [ -n "${SKIP_CARGO:-}" ]; then
+        line "cargo test (io_uring)" "skipped (SKIP_CARGO set)"
     else
-        echo "enable_uring turned on for this run (was $URING_PREV; restored afterwards)"
-        set +e
-        STRATA_TEST_TRANSPORT=uring TMPDIR=$WORK/tmp timeout -k 30 1200 \
-            cargo test -p strata --tests --no-fail-fast 2>&1 | tee "$WORK/cargo-test-uring.log"
-        uring_rc=${PIPESTATUS[0]}
-        set -e
-        restore_uring
-        read -r u_pass u_fail u_ign < <(awk '/^test result:/ {p += $4; f += $6; i += $8} END {print p+0, f+0, i+0}' "$WORK/cargo-test-uring.log")
-        if [ "$uring_rc" -ne 0 ] && [ "$u_fail" -eq 0 ]; then u_fail=1; fi
-        summary+=("io_uring:    $u_pass passed, $u_fail failed, $u_ign ignored (exit $uring_rc)")
-        total_skip=$((total_skip + u_ign))
-        total_pass=$((total_pass + u_pass))
-        total_fail=$((total_fail + u_fail))
-        grep -E "^test .* FAILED$" "$WORK/cargo-test-uring.log" | sed 's/^/    (io_uring) /' >> "$WORK/cargo-failed.txt" || true
+        cargo_pass "cargo test (io_uring)" io_uring \
+            env STRATA_TEST_TRANSPORT=uring timeout -k 30 1200 cargo test -p strata --tests --no-fail-fast
     fi
-    leaks=$(leaked_mounts)
-    if [ -n "$leaks" ]; then
-        summary+=("leaked mounts after the io_uring run: $(echo $leaks)")
-        total_fail=$((total_fail + 1))
-        unmount_all
+    pjdfstest_pass "pjdfstest (io_uring)" pjd-uring io_uring=on
+    run_suite "podman (io_uring)" SKIP_PODMAN tests/podman/run.sh 1800 STRATA_OPTS=io_uring=on
+    # The switch is global: something else on the machine may have turned it off
+    # meanwhile, which makes mounts fall back (and fail their checks above).
+    if [ "$(cat "$URING_PARAM")" != Y ]; then
+        line "io_uring pass" "note: $URING_PARAM was turned off during the pass by something else"
     fi
+    restore_uring
 fi
 
 # ---------------------------------------------------------------- summary
@@ -367,18 +418,24 @@ if [ -s "$WORK/cargo-skipped.txt" ]; then
     echo "skipped parts of Rust tests:"
     sed 's/^/    /' "$WORK/cargo-skipped.txt"
 fi
-if [ -s "$PJD/failed.txt" ]; then
-    echo "failed pjdfstest cases:"
-    cat "$PJD/failed.txt"
-fi
+for i in "${!pjd_dirs[@]}"; do
+    if [ -s "${pjd_dirs[$i]}/failed.txt" ]; then
+        echo "failed pjdfstest cases (${pjd_labels[$i]}):"
+        cat "${pjd_dirs[$i]}/failed.txt"
+    fi
+done
 if [ -s "$WORK/cargo-ignored.txt" ]; then
     echo "ignored Rust tests (each with its reason):"
     cat "$WORK/cargo-ignored.txt"
 fi
-if [ -s "$PJD/skipped.txt" ]; then
-    echo "skipped pjdfstest cases (pjdfstest's own reasons):"
-    cat "$PJD/skipped.txt"
-fi
+# Skipped pjdfstest cases: the first pass's list, and another pass's only where it
+# differs.
+for i in "${!pjd_dirs[@]}"; do
+    [ -s "${pjd_dirs[$i]}/skipped.txt" ] || continue
+    if [ "$i" -gt 0 ] && cmp -s "${pjd_dirs[0]}/skipped.txt" "${pjd_dirs[$i]}/skipped.txt"; then continue; fi
+    echo "skipped pjdfstest cases, ${pjd_labels[$i]} (pjdfstest's own reasons):"
+    cat "${pjd_dirs[$i]}/skipped.txt"
+done
 echo
 if [ "$total_skip" -gt 0 ]; then
     echo "total: $total_pass passed, $total_fail failed, $total_skip skipped"

@@ -11,7 +11,9 @@
 //! entry registered, or until a registration fails, which turns the rings off for
 //! the connection (fs/fuse/dev_uring.c). So the rings are created before INIT is
 //! answered (no flag if that fails), and a failed registration falls back to
-//! /dev/fuse by itself.
+//! /dev/fuse by itself. The kernel refuses a registration at once, so `Rings::start`
+//! waits for that outcome: a daemon reports its mount live (and lets go of its
+//! caller's stderr) only after saying which way it went.
 
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
@@ -37,20 +39,27 @@ const PAYLOAD: usize = 1 << 20;
 const WORKERS: usize = 4;
 /// user_data of the eventfd read that wakes a queue when a worker is done.
 const WAKE: u64 = u64::MAX;
+/// How long `Rings::start` waits for the queues to have their registrations taken
+/// or refused (a few milliseconds unless the machine is very busy).
+const SETTLE: Duration = Duration::from_secs(2);
 
-/// The queue threads waiting for the /dev/fuse fd to register on, once INIT is done.
+/// The queue threads waiting for the /dev/fuse fd to register on, once INIT is done,
+/// and the channel on which each says how its registration went.
 #[derive(Default, Clone)]
 pub struct Rings {
     waiting: Arc<Mutex<Vec<Sender<Arc<OwnedFd>>>>>,
+    settled: Arc<Mutex<Option<Receiver<()>>>>,
 }
 
 impl Rings {
-    /// Hands the connection's fd to the queue threads, which then register.
+    /// Hands the connection's fd to the queue threads, which then register, and waits
+    /// (bounded) until each has its registration taken or refused.
     pub fn start(&self, dev: BorrowedFd<'_>) {
         let senders = std::mem::take(&mut *self.waiting.lock().unwrap());
         if senders.is_empty() {
             return;
         }
+        let n = senders.len();
         match dev.try_clone_to_owned() {
             Ok(fd) => {
                 let fd = Arc::new(fd);
@@ -58,8 +67,41 @@ impl Rings {
                     let _ = s.send(fd.clone());
                 }
             }
-            Err(e) => tracing::error!("FUSE over io_uring: duplicating /dev/fuse: {e}"),
+            Err(e) => {
+                tracing::error!("FUSE over io_uring: duplicating /dev/fuse: {e}");
+                return;
+            }
         }
+        let Some(settled) = self.settled.lock().unwrap().take() else {
+            return;
+        };
+        let deadline = Instant::now() + SETTLE;
+        for _ in 0..n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if settled.recv_timeout(left).is_err() {
+                tracing::debug!("FUSE over io_uring: registration not settled after {SETTLE:?}");
+                return;
+            }
+        }
+    }
+}
+
+/// A queue's word to `Rings::start` that its registration is settled: sent once the
+/// kernel took the entries without refusing one, or when the queue ends (after
+/// logging why).
+struct Settle(Option<Sender<()>>);
+
+impl Settle {
+    fn report(&mut self) {
+        if let Some(s) = self.0.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+impl Drop for Settle {
+    fn drop(&mut self) {
+        self.report();
     }
 }
 
@@ -110,6 +152,7 @@ fn spawn_queues(u: Arc<Union>, rings: &Rings) -> std::io::Result<usize> {
     }
     let n = sys::possible_cpus();
     let fell_back = Arc::new(AtomicBool::new(false));
+    let (settled_tx, settled_rx) = channel();
     let mut ready = Vec::new();
     let mut senders = Vec::new();
     for q in 0..n {
@@ -117,9 +160,10 @@ fn spawn_queues(u: Arc<Union>, rings: &Rings) -> std::io::Result<usize> {
         let (ftx, frx) = channel();
         let u = u.clone();
         let fell_back = fell_back.clone();
+        let settle = Settle(Some(settled_tx.clone()));
         std::thread::Builder::new()
             .name(format!("uring-q{q}"))
-            .spawn(move || queue_thread(u, q, rtx, frx, fell_back))?;
+            .spawn(move || queue_thread(u, q, rtx, frx, fell_back, settle))?;
         ready.push(rrx);
         senders.push(ftx);
     }
@@ -131,6 +175,7 @@ fn spawn_queues(u: Arc<Union>, rings: &Rings) -> std::io::Result<usize> {
         }
     }
     *rings.waiting.lock().unwrap() = senders;
+    *rings.settled.lock().unwrap() = Some(settled_rx);
     Ok(n)
 }
 
@@ -197,6 +242,7 @@ fn queue_thread(
     ready: Sender<std::io::Result<()>>,
     dev: Receiver<Arc<OwnedFd>>,
     fell_back: Arc<AtomicBool>,
+    settle: Settle,
 ) {
     // Pinned: the kernel queues a request on the queue of the CPU its caller runs on,
     // and answering it on that CPU saves the cross-CPU wake-up.
@@ -213,14 +259,14 @@ fn queue_thread(
     let _ = ready.send(Ok(()));
     // The fd comes once INIT is answered; a dropped sender means no mount.
     let Ok(dev) = dev.recv() else { return };
-    serve_queue(&u, q, ring, &dev, &fell_back);
+    serve_queue(&u, q, ring, &dev, &fell_back, settle);
 }
 
 fn register_sqe(fd: i32, q: usize, i: usize, e: &mut Ent) -> squeue::Entry128 {
     sys::uring_cmd(fd, sys::CMD_REGISTER, q as u16, 0, Some(e.iov.as_ptr()), i as u64)
 }
 
-fn serve_queue(u: &Arc<Union>, q: usize, ring: Ring, dev: &OwnedFd, fell_back: &AtomicBool) {
+fn serve_queue(u: &Arc<Union>, q: usize, ring: Ring, dev: &OwnedFd, fell_back: &AtomicBool, mut settle: Settle) {
     let fd = dev.as_raw_fd();
     // Fault injection for the tests: a payload buffer the kernel refuses.
     let bad = std::env::var_os("STRATA_TEST_URING_REGISTER_FAIL").is_some();
@@ -273,7 +319,11 @@ fn serve_queue(u: &Arc<Union>, q: usize, ring: Ring, dev: &OwnedFd, fell_back: &
     let started = Instant::now();
     let mut served = false;
     loop {
-        match ring.submit_and_wait(1) {
+        // Until the registrations are settled, only submit: the kernel refuses an entry
+        // while taking it (its completion is posted by the time the submission
+        // returns), and takes a good one without a completion.
+        let want = if settle.0.is_some() { 0 } else { 1 };
+        match ring.submit_and_wait(want) {
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
             Err(e) => {
@@ -286,6 +336,7 @@ fn serve_queue(u: &Arc<Union>, q: usize, ring: Ring, dev: &OwnedFd, fell_back: &
             .map(|c| (c.user_data() as usize, c.result()))
             .collect();
         let mut released = Vec::new();
+        let mut retrying = false;
         for (i, res) in done {
             if i as u64 == WAKE {
                 // Workers done: their answers go out now.
@@ -306,6 +357,7 @@ fn serve_queue(u: &Arc<Union>, q: usize, ring: Ring, dev: &OwnedFd, fell_back: &
                 std::thread::sleep(Duration::from_millis(1));
                 let sqe = register_sqe(fd, q, i, e);
                 push(&mut ring, &sqe);
+                retrying = true;
                 continue;
             }
             if res < 0 {
@@ -315,7 +367,8 @@ fn serve_queue(u: &Arc<Union>, q: usize, ring: Ring, dev: &OwnedFd, fell_back: &
                     return;
                 }
                 if !e.registered {
-                    // The kernel turned the rings off for the connection.
+                    // The kernel turned the rings off for the connection (said before
+                    // `settle` goes, so before the daemon lets go of its stderr).
                     if !fell_back.swap(true, Ordering::Relaxed) {
                         tracing::warn!(
                             "FUSE over io_uring: registering queue {q} failed ({err}); serving through /dev/fuse"
@@ -358,6 +411,9 @@ fn serve_queue(u: &Arc<Union>, q: usize, ring: Ring, dev: &OwnedFd, fell_back: &
             }
             let sqe = sys::uring_cmd(fd, sys::CMD_COMMIT_AND_FETCH, q as u16, unique, None, i as u64);
             push(&mut ring, &sqe);
+        }
+        if !retrying {
+            settle.report();
         }
         if !released.is_empty() {
             // The RELEASE answers go to the kernel before the handles go (see

@@ -15,6 +15,9 @@
 //!                        none) looking for a short sequence of operations that
 //!                        still diverges, replayed from scratch on the same layers
 //!   STRATA_FUZZ_TRACE=1  print every operation and its outcome as it runs
+//!   STRATA_TEST_TRANSPORT=uring  every mount with -o io_uring=on (as for all the
+//!                        integration tests); each run's last unmount fails if the
+//!                        mount fell back to /dev/fuse
 //!
 //! A failure prints the seed, the step, the operation, both outcomes and the
 //! operations that led there, with the command line that replays it.
@@ -1759,7 +1762,11 @@ impl World {
         self.m.close_all();
         self.r.close_all();
         self.check_trees()?;
-        drop(self.mnt.take());
+        // Unmounted: the daemon exited 0 and, under STRATA_TEST_TRANSPORT=uring, the
+        // mount kept the rings to the end.
+        if let Some(m) = self.mnt.take() {
+            m.end()?;
+        }
         for (i, l) in self.s.lowers.iter().enumerate() {
             if snapshot(l) != self.snaps[i] {
                 return Err(format!("lower layer {i} changed"));

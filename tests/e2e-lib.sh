@@ -1,6 +1,7 @@
 # Helpers shared by the end-to-end scripts (tests/docker/run.sh, tests/podman/run.sh,
-# tests/podman/rootless.sh): PASS/FAIL counting, and what lives under the run's temp
-# dir $T. Sourced, not run; the scripts set `passed`, `failed` and `T`.
+# tests/podman/rootless.sh): PASS/FAIL counting, what lives under the run's temp
+# dir $T, and the checks that strata mounts took FUSE over io_uring (also used by
+# scripts/test.sh). Sourced, not run; the scripts set `passed`, `failed` and `T`.
 
 say() { printf '%s\n' "$*"; }
 
@@ -91,4 +92,33 @@ find_strata() {
     fi
     [ -x "$STRATA" ] || die "program $STRATA not found or not executable (set STRATA)"
     STRATA=$(readlink -f "$STRATA")
+}
+
+# ---------------------------------------------------------------------------------------
+# FUSE over io_uring. With -o io_uring=on strata falls back to /dev/fuse, with a
+# warning, when the kernel does not offer the rings or refuses their registration;
+# these turn that into a failure.
+
+# The daemon's log filter for such runs: its warnings, plus the line saying which
+# transport each mount got and the one each queue logs at its first request.
+URING_LOG_FILTER='warn,fuser=off,strata::uring=info'
+
+# uring_log_problems LOG: prints what in a strata log (written with URING_LOG_FILTER)
+# shows a mount that did not take the rings; nothing when none did.
+uring_log_problems() {
+    grep -q 'transport: io_uring (' "$1" || echo "no 'transport: io_uring' line in $1"
+    grep -aE 'transport: /dev/fuse|serving through /dev/fuse' "$1"
+    return 0
+}
+
+# uring_served PID: true when strata daemon PID has an io_uring whose completion
+# queue has moved, i.e. requests came over the rings (/proc/PID/fdinfo).
+uring_served() {
+    local fd head
+    for fd in /proc/"$1"/fd/*; do
+        [ "$(readlink "$fd" 2>/dev/null)" = "anon_inode:[io_uring]" ] || continue
+        head=$(awk '$1 == "CqHead:" { print $2 }' "/proc/$1/fdinfo/${fd##*/}" 2>/dev/null)
+        [ "${head:-0}" -gt 0 ] && return 0
+    done
+    return 1
 }

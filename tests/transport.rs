@@ -149,3 +149,40 @@ fn mount_env(fx: &Fixture, opts: &str, env: (&str, &str)) -> Mount {
     fx.try_mount_args_env(&["-f", "-d", "-o", opts], &[env])
         .unwrap_or_else(|e| panic!("{e}"))
 }
+
+/// Without -f, strata reports its mount live to the caller and then lets go of the
+/// caller's stderr. A registration the kernel refuses must be said before that: the
+/// caller (a shell, a container engine running its mount_program) hears of it only
+/// then. The warning used to race the detach and reach the caller now and then, so
+/// this mounts a few times.
+#[test]
+fn a_daemon_reports_a_refused_registration_before_it_detaches() {
+    if skip_without_uring() {
+        return;
+    }
+    for round in 0..4 {
+        let fx = fixture();
+        let out = std::process::Command::new(STRATA)
+            .arg("-o")
+            .arg(format!("{},io_uring=on", fx_opts(&fx)))
+            .arg(&fx.mnt)
+            .env("STRATA_TEST_URING_REGISTER_FAIL", "1")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("running strata");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        let mounted = is_fuse_mount(&fx.mnt);
+        let read = fs::read_to_string(fx.mnt.join("f"));
+        force_unmount(&fx.mnt);
+        assert!(
+            out.status.success() && mounted,
+            "round {round}: {}; stderr:\n{err}",
+            out.status
+        );
+        assert_eq!(read.ok().as_deref(), Some("lower"), "round {round}: the mount serves");
+        assert!(
+            err.contains("registering queue") && err.contains("serving through /dev/fuse"),
+            "round {round}: the caller was not told; stderr:\n{err}"
+        );
+    }
+}

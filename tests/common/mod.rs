@@ -509,6 +509,14 @@ fn transport_args() -> Vec<OsString> {
     }
 }
 
+/// What a daemon mounted with `-o io_uring=on` logs (as a warning) when the mount
+/// did not get the rings after all: the kernel did not offer them, they could not be
+/// set up, or the kernel refused their registration. `None` when it logged none.
+pub fn uring_fallback(log: &str) -> Option<&str> {
+    log.lines()
+        .find(|l| l.contains("transport: /dev/fuse") || l.contains("serving through /dev/fuse"))
+}
+
 /// A live strata mount served by a foreground daemon that this test owns.
 pub struct Mount {
     mnt: PathBuf,
@@ -518,6 +526,9 @@ pub struct Mount {
     lowers: Vec<(PathBuf, Snapshot)>,
     /// Set when the daemon is about to be reaped: stops the watchdog.
     done: Arc<AtomicBool>,
+    /// Mounted under STRATA_TEST_TRANSPORT=uring with nothing of the test choosing
+    /// otherwise: `finish` checks that the mount kept the rings.
+    rings: bool,
 }
 
 /// Kills `pid` after [`WATCHDOG`] unless `done` is set first.
@@ -551,6 +562,11 @@ impl Mount {
     /// Like [`Mount::start`], with extra environment variables for the daemon.
     pub fn start_env(args: &[OsString], mnt: &Path, lowers: &[PathBuf], env: &[(&str, &str)]) -> Result<Mount, String> {
         let lowers = lowers.iter().map(|l| (l.clone(), Snapshot::of(l))).collect();
+        // A test that names a transport itself, or injects a ring failure, expects
+        // what it asked for (tests/transport.rs).
+        let rings = uring_transport()
+            && !args.iter().any(|a| a.to_string_lossy().contains("io_uring="))
+            && !env.iter().any(|(k, _)| k.starts_with("STRATA_TEST_URING"));
         let mut child = Command::new(STRATA)
             .args(transport_args())
             .args(args)
@@ -572,6 +588,7 @@ impl Mount {
                     output,
                     lowers,
                     done,
+                    rings,
                 });
             }
             if let Some(st) = child.try_wait().expect("try_wait") {
@@ -644,6 +661,12 @@ impl Mount {
             "strata exited with {st} after unmount; output:\n{}",
             self.log()
         );
+        if self.rings {
+            let log = self.log();
+            if let Some(l) = uring_fallback(&log) {
+                panic!("mounted with -o io_uring=on, the mount fell back to /dev/fuse: {l}\noutput:\n{log}");
+            }
+        }
         for (root, before) in &lowers {
             before.assert_unchanged(root);
         }

@@ -11,6 +11,11 @@
 #   FUSE_OVERLAYFS  what to compare start times with (default /usr/bin/fuse-overlayfs)
 #   RUNS            container starts timed per mount program (default 5; 0 skips timing)
 #   KEEP=1          keep the temp dir (for a look after a failure; mounts are still undone)
+#   STRATA_OPTS     more -o options for every strata mount (its mount_program shim adds
+#                   them, as containers-storage's mountopt would), e.g. io_uring=on. With
+#                   io_uring=on every strata mount must take FUSE over io_uring: checked
+#                   from each daemon's start-up log and, for a running container, from
+#                   its rings in /proc; a mount that fell back to /dev/fuse fails.
 #
 # Everything podman keeps lives in a private temp dir (its own --root, --runroot, tmpdir,
 # storage.conf and containers.conf); no registry is needed: the image is a busybox rootfs
@@ -24,6 +29,9 @@ REPO=$(cd "$(dirname "$0")/../.." && pwd)
 FUSE_OVERLAYFS=${FUSE_OVERLAYFS:-/usr/bin/fuse-overlayfs}
 RUNS=${RUNS:-5}
 KEEP=${KEEP:-0}
+STRATA_OPTS=${STRATA_OPTS:-}
+URING=0
+case ",$STRATA_OPTS," in *,io_uring=on,*) URING=1 ;; esac
 
 passed=0
 failed=0
@@ -176,17 +184,41 @@ cx() { pm exec "$1" sh -c "$2"; }
 
 # ---------------------------------------------------------------------------------------
 
-main_checks() {
-    say "== mount program under test: $STRATA"
-    "$STRATA" --version 2>&1 | head -n 1 | sed 's/^/   /'
-    new_store m "$T/trace-mount-program"
-    # A shim that logs how containers-storage calls the program, then runs it.
+# The mount program containers-storage is given for strata: a shim that logs how it
+# is called, runs strata with the -o $STRATA_OPTS added, and keeps what the daemon
+# says before it lets go of its caller's stderr (which transport the mount got, with
+# io_uring=on) in $T/strata-daemons.log, passing it on to containers-storage too.
+make_shim() {
+    local env= opts=
+    [ "$URING" = 1 ] && env="RUST_LOG='$URING_LOG_FILTER' "
+    [ -n "$STRATA_OPTS" ] && opts="-o '$STRATA_OPTS' "
     cat >"$T/trace-mount-program" <<EOF
 #!/bin/sh
 printf '%s\n' "\$*" >>"$T/mount-program.log"
-exec "$STRATA" "\$@"
+log=\$(mktemp "$T/daemon.XXXXXX") || exit 1
+$env"$STRATA" $opts"\$@" 2>"\$log"
+rc=\$?
+cat "\$log" >&2
+cat "\$log" >>"$T/strata-daemons.log"
+rm -f "\$log"
+exit \$rc
 EOF
     chmod +x "$T/trace-mount-program"
+}
+
+# The strata daemons running now (mounts of running containers).
+strata_daemons() {
+    local p
+    for p in $(pids_under_t); do
+        [ "$(readlink "/proc/$p/exe" 2>/dev/null)" = "$STRATA" ] && echo "$p"
+    done
+    return 0
+}
+
+main_checks() {
+    say "== mount program under test: $STRATA${STRATA_OPTS:+ (-o $STRATA_OPTS)}"
+    "$STRATA" --version 2>&1 | head -n 1 | sed 's/^/   /'
+    new_store m "$T/trace-mount-program"
 
     check "build and import the busybox base image" import_base || return
     pm image exists "$BASE" || return
@@ -244,6 +276,17 @@ mode 600
 EOF
     )
     expect_listing "the container sees all its changes" "$layer1" cx c1 "$LISTING"
+    if [ "$URING" = 1 ]; then
+        local d p served=
+        d=$(strata_daemons)
+        for p in $d; do uring_served "$p" && served+="$p "; done
+        if [ -n "$d" ] && [ -n "$served" ]; then
+            pass "the container root's requests came over io_uring (/proc/PID/fdinfo of strata ${served% })"
+        else
+            fail "the container root's requests came over io_uring" \
+                "strata daemons: ${d:-none}; none has an io_uring that completed a request"
+        fi
+    fi
 
     # podman diff: the lines that must be there, and paths that must not show up.
     local want got missing extra
@@ -476,7 +519,11 @@ timing() {
             fail "timing: container start with $2" "$out"
         fi
     }
-    add_timed t1 "$(basename "$STRATA")" "$STRATA"
+    if [ -n "$STRATA_OPTS" ]; then
+        add_timed t1 "$(basename "$STRATA") -o $STRATA_OPTS" "$T/trace-mount-program"
+    else
+        add_timed t1 "$(basename "$STRATA")" "$STRATA"
+    fi
     if [ -x "$FUSE_OVERLAYFS" ] && [ "$(readlink -f "$FUSE_OVERLAYFS")" != "$STRATA" ]; then
         add_timed t2 fuse-overlayfs "$FUSE_OVERLAYFS"
     fi
@@ -509,9 +556,27 @@ timing() {
     cat "$T/timing"
 }
 
+# With io_uring=on: every strata mount of the run said it took the rings, and none
+# fell back.
+uring_checks() {
+    [ "$URING" = 1 ] || return 0
+    local calls took problems
+    calls=$(wc -l <"$T/mount-program.log" 2>/dev/null || echo 0)
+    took=$(grep -c 'transport: io_uring (' "$T/strata-daemons.log" 2>/dev/null)
+    problems=$(uring_log_problems "$T/strata-daemons.log" 2>&1)
+    if [ "$calls" -gt 0 ] && [ "${took:-0}" = "$calls" ] && [ -z "$problems" ]; then
+        pass "each of the $calls strata mounts took FUSE over io_uring (daemon logs)"
+    else
+        fail "each strata mount took FUSE over io_uring (daemon logs)" \
+            "$(printf '%s mounts, %s said transport: io_uring\n%s' "$calls" "${took:-0}" "$problems")"
+    fi
+}
+
 make_base_tar || die "could not build the busybox rootfs"
+make_shim
 main_checks
 compat_checks
 timing
+uring_checks
 say "$passed passed, $failed failed"
 [ "$failed" = 0 ]

@@ -99,6 +99,9 @@ pub struct Mount {
     /// The daemon's stderr once it has been reaped by `wait_exit`.
     stderr: Option<std::process::ChildStderr>,
     pub path: PathBuf,
+    /// Mounted under STRATA_TEST_TRANSPORT=uring with nothing of the test choosing
+    /// otherwise: `end` checks that the mount kept the rings.
+    rings: bool,
 }
 
 pub fn is_mounted(path: &Path) -> bool {
@@ -130,6 +133,11 @@ impl Mount {
     pub fn start_env(opts: &str, mnt: &Path, env: &[(&str, &str)]) -> Mount {
         // STRATA_TEST_TRANSPORT=uring: the io_uring transport (see tests/common).
         let uring = std::env::var("STRATA_TEST_TRANSPORT").is_ok_and(|v| v == "uring");
+        // A daemon log sent to a file (STRATA_TEST_DAEMON_LOG) is not read here.
+        let rings = uring
+            && !opts.contains("io_uring=")
+            && !env.iter().any(|(k, _)| k.starts_with("STRATA_TEST_URING"))
+            && std::env::var_os("STRATA_TEST_DAEMON_LOG").is_none();
         let child = Command::new(STRATA)
             .args(if uring { &["-o", "io_uring=on"][..] } else { &[] })
             .args(["-f", "-o", opts])
@@ -144,6 +152,7 @@ impl Mount {
             child: Some(child),
             stderr: None,
             path: mnt.to_path_buf(),
+            rings,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !is_mounted(mnt) {
@@ -167,21 +176,39 @@ impl Mount {
         self.stop().expect("daemon already gone")
     }
 
-    /// Ends a test's mount: unmounts and asserts that the daemon exited 0, showing
-    /// what it printed otherwise.
+    /// Ends a test's mount: unmounts and asserts that the daemon exited 0 (and, under
+    /// STRATA_TEST_TRANSPORT=uring, that the mount kept the rings), showing what it
+    /// printed otherwise.
     #[track_caller]
-    pub fn finish(mut self) {
-        let st = self.stop().expect("daemon already gone");
+    pub fn finish(self) {
+        if let Err(e) = self.end() {
+            panic!("{e}");
+        }
+    }
+
+    /// [`Mount::finish`], with the failure returned instead.
+    pub fn end(mut self) -> Result<(), String> {
+        let st = self.stop().ok_or("daemon already gone")?;
+        let mut err = String::new();
+        if let Some(mut e) = self.take_stderr() {
+            let _ = e.read_to_string(&mut err);
+        }
         if !st.success() {
-            let mut err = String::new();
-            if let Some(mut e) = self.take_stderr() {
-                let _ = e.read_to_string(&mut err);
-            }
-            panic!(
+            return Err(format!(
                 "strata on {} exited with {st} after unmount; stderr:\n{err}",
                 self.path.display()
-            );
+            ));
         }
+        // What a daemon mounted with -o io_uring=on warns when the mount did not get
+        // the rings after all (not offered, not set up, or registration refused).
+        let fell_back = |l: &&str| l.contains("transport: /dev/fuse") || l.contains("serving through /dev/fuse");
+        if let Some(l) = err.lines().find(fell_back).filter(|_| self.rings) {
+            return Err(format!(
+                "strata on {}, mounted with -o io_uring=on, fell back to /dev/fuse: {l}",
+                self.path.display()
+            ));
+        }
+        Ok(())
     }
 
     /// The daemon's process id.
