@@ -17,7 +17,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use crate::stack::Change;
 use crate::union::Union;
@@ -123,13 +122,14 @@ impl Drop for Served {
     }
 }
 
-/// A bound control socket, not served yet: bound before the mount shows, so that a
-/// client that sees the mount finds its socket; served once the mount is live
-/// (connections wait in the backlog meanwhile).
+/// A bound control socket: bound before the mount shows, so that a client that
+/// sees the mount finds its socket; served once the mount is live (connections wait
+/// in the backlog meanwhile) by the daemon's signal thread, which polls it beside
+/// the signals (no thread of its own: container hosts run hundreds of mounts).
 pub struct Bound {
     listener: UnixListener,
     saved: PathBuf,
-    served: Served,
+    pub socket: PathBuf,
 }
 
 /// Binds the control socket of the mount `u`. `None`, with a warning, when there is
@@ -142,13 +142,14 @@ pub fn bind(u: &Union) -> Option<Bound> {
     let mp = std::fs::canonicalize(&u.cfg.mountpoint).unwrap_or_else(|_| u.cfg.mountpoint.clone());
     let name = name_for(&mp);
     let socket = dir.join(format!("{name}.sock"));
-    let listener = match listen(&dir, &socket) {
+    let listener = match listen(&dir, &socket).and_then(|l| l.set_nonblocking(true).map(|_| l)) {
         Ok(l) => l,
         Err(e) => {
             tracing::warn!(
                 "control socket {}: {e} (`strata layers` cannot reach this mount)",
                 socket.display()
             );
+            let _ = std::fs::remove_file(&socket);
             return None;
         }
     };
@@ -158,33 +159,37 @@ pub fn bind(u: &Union) -> Option<Bound> {
     Some(Bound {
         listener,
         saved,
-        served: Served { socket },
+        socket,
     })
 }
 
 impl Bound {
-    /// Serves the socket from a thread of its own; the returned value removes the
-    /// socket file when dropped.
-    pub fn serve(self, u: Arc<Union>) -> Option<Served> {
-        let Bound {
-            listener,
-            saved,
-            served,
-        } = self;
-        tracing::info!("control socket {}", served.socket.display());
-        let spawned = std::thread::Builder::new().name("control".into()).spawn(move || {
-            for conn in listener.incoming() {
-                match conn {
-                    Ok(c) => answer(&u, c, &saved),
-                    Err(e) => tracing::debug!("control socket: {e}"),
+    /// The listening socket, to poll.
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.listener)
+    }
+
+    /// Answers the connections waiting, one request each. A client gets 5 s to send
+    /// its request: a silent one must not hold the thread that also takes signals.
+    pub fn answer_waiting(&self, u: &Union) {
+        loop {
+            match self.listener.accept() {
+                Ok((c, _)) => {
+                    let ready = c
+                        .set_nonblocking(false)
+                        .and_then(|_| c.set_read_timeout(Some(std::time::Duration::from_secs(5))));
+                    match ready {
+                        Ok(()) => answer(u, c, &self.saved),
+                        Err(e) => tracing::debug!("control socket: {e}"),
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::debug!("control socket: {e}");
+                    return;
                 }
             }
-        });
-        if let Err(e) = spawned {
-            tracing::warn!("control socket: spawning its thread: {e}");
-            return None;
         }
-        Some(served)
     }
 }
 

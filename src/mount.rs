@@ -181,15 +181,24 @@ fn serve(union: Union, notify: Option<OwnedFd>) -> Result<(), String> {
         }
         Err(e) => tracing::warn!("duplicating the FUSE connection's fd: {e}"),
     }
-    let control = control.and_then(|c| c.serve(union.clone()));
+    let _socket = control.as_ref().map(|c| crate::control::Served {
+        socket: c.socket.clone(),
+    });
     let socket = control.as_ref().map(|c| c.socket.clone());
+    if let Some(s) = &socket {
+        tracing::info!("control socket {}", s.display());
+    }
     report_live(notify);
+    let u = union.clone();
     let mut unmounter = session.unmount_callable();
     let mp = mountpoint.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            wait_signal(&signals);
+            match &control {
+                Some(c) => serve_until_signal(&signals, c, &u),
+                None => wait_signal(&signals),
+            }
             tracing::info!("signal received: unmounting");
             let r = if own_mount {
                 rustix::mount::unmount(&mp, rustix::mount::UnmountFlags::DETACH).map_err(std::io::Error::from)
@@ -340,6 +349,41 @@ fn block_signals() -> libc::sigset_t {
         }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
+    }
+}
+
+/// Answers the control socket until one of the signals in `set` arrives (and is
+/// taken).
+fn serve_until_signal(set: &libc::sigset_t, c: &crate::control::Bound, u: &Union) {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let sfd = match crate::sys::signalfd(set) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!("signalfd: {e}: the control socket is not served");
+            return wait_signal(set);
+        }
+    };
+    loop {
+        let mut fds = [
+            PollFd::new(&sfd, PollFlags::IN),
+            PollFd::from_borrowed_fd(c.fd(), PollFlags::IN),
+        ];
+        match poll(&mut fds, None) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                tracing::warn!("poll: {e}: the control socket is no longer served");
+                return wait_signal(set);
+            }
+        }
+        if !fds[1].revents().is_empty() {
+            c.answer_waiting(u);
+        }
+        if !fds[0].revents().is_empty() {
+            // Taken, so that a later wait sees only a new signal.
+            let mut info = [0u8; 128];
+            let _ = rustix::io::read(&sfd, &mut info);
+            return;
+        }
     }
 }
 

@@ -262,10 +262,7 @@ impl Union {
         for h in self.files.all() {
             if uses(&h.node.state()) {
                 let p = h.node.paths().first().cloned();
-                let name = p
-                    .as_deref()
-                    .map(|p| shown(p))
-                    .unwrap_or_else(|| "a removed file".into());
+                let name = p.as_deref().map(&shown).unwrap_or_else(|| "a removed file".into());
                 let pid = h.opener.load(std::sync::atomic::Ordering::Relaxed);
                 // Name a process holding it now (the opener may have passed it on).
                 let holder = p

@@ -75,3 +75,16 @@ pub fn zero_stat(kind: rustix::fs::FileType) -> rustix::fs::Stat {
     st.st_mode = kind.as_raw_mode();
     st
 }
+
+/// A signalfd for the signals in `set` (blocked by the caller), to poll beside
+/// other fds.
+pub fn signalfd(set: &libc::sigset_t) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `set` is an initialised sigset_t; -1 asks for a new fd, which we own.
+    let fd = unsafe { libc::signalfd(-1, set, libc::SFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by signalfd and is owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}

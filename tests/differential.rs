@@ -1723,7 +1723,10 @@ impl World {
                 .map_err(|e| format!("strata layers: {e}"))?;
             match out.status.success() {
                 true => Ok(()),
-                false => Err(format!("strata layers {args:?}: {}", String::from_utf8_lossy(&out.stderr))),
+                false => Err(format!(
+                    "strata layers {args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )),
             }
         };
         let shown = self.s.mnt.join("zz-bounce/f");
@@ -1735,7 +1738,11 @@ impl World {
         match fs::read_to_string(&shown) {
             Ok(s) if s == "bounced\n" && !opaque_root => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && opaque_root => {}
-            other => return Err(format!("the added layer's file reads {other:?} (upper root opaque: {opaque_root})")),
+            other => {
+                return Err(format!(
+                    "the added layer's file reads {other:?} (upper root opaque: {opaque_root})"
+                ))
+            }
         }
         run(&["del".as_ref(), dir.as_ref()])?;
         if fs::symlink_metadata(&shown).is_ok() || fs::symlink_metadata(self.s.mnt.join("zz-bounce")).is_ok() {

@@ -442,7 +442,7 @@ fn readers_and_writers_see_no_error_while_layers_come_and_go() {
                     if back != data {
                         return Err(format!("{}: wrote {data:?}, read {back:?}", p.display()));
                     }
-                    if i % 3 == 0 {
+                    if i.is_multiple_of(3) {
                         fs::remove_file(&p).map_err(|e| format!("unlink {}: {e}", p.display()))?;
                     }
                 }

@@ -5,6 +5,7 @@
 //! the workloads and the `STRATA_BENCH_*` variables.
 
 mod config;
+mod density;
 mod fixtures;
 mod mounts;
 mod plots;
@@ -294,7 +295,15 @@ fn run(args: &[String]) -> Res<i32> {
         .flat_map(|w| w.rows.iter().map(move |r| format!("{}: {r}", w.group)))
         .collect();
     let selected: Vec<Workload> = all.into_iter().filter(|w| w.matches(&cfg.only)).collect();
-    if selected.is_empty() {
+    let idle_n: usize = match std::env::var("STRATA_BENCH_IDLE") {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| format!("STRATA_BENCH_IDLE={v}: expected a whole number"))?,
+        Err(_) => 100,
+    };
+    let idle = idle_n > 0 && (cfg.only.is_empty() || cfg.only.iter().any(|o| "idle mounts".contains(o.as_str())));
+    if selected.is_empty() && !idle {
         return Err(format!(
             "STRATA_BENCH_ONLY matches no workload; there are:\n  {}",
             names.join("\n  ")
@@ -371,6 +380,18 @@ fn run(args: &[String]) -> Res<i32> {
         }
         eprintln!("      ({} for this workload)", fmt_duration(t.elapsed()));
     }
+    let mut idle_rows = Vec::new();
+    if idle && !util::interrupted() {
+        eprintln!("idle mounts: {idle_n} of each system ...");
+        let fx = fixtures.get(fixtures::Fx::Untar)?;
+        for sys in &systems {
+            let log = bench.log_dir.join(format!("{}-idle.log", sys.id));
+            match density::measure(sys, &fx, &bench.run_dir, &log, idle_n) {
+                Ok(r) => idle_rows.push(r),
+                Err(e) => eprintln!("      idle mounts of {}: FAILED: {e}", sys.label),
+            }
+        }
+    }
     let _ = util::remove_tree(&bench.run_dir);
 
     let report = Report {
@@ -387,6 +408,10 @@ fn run(args: &[String]) -> Res<i32> {
     );
     println!();
     print!("{}", report.table());
+    if !idle_rows.is_empty() {
+        println!();
+        print!("{}", density::table(&idle_rows));
+    }
     report.write_csv(&cfg.csv)?;
     println!("CSV: {}", cfg.csv.display());
     for p in plots::write(&report, &systems, &cfg.csv)? {
