@@ -37,6 +37,15 @@ pids_under_t() {
     return 0
 }
 
+# Pids under $T (see pids_under_t) whose program is $1 (a canonical path).
+pids_of() {
+    local p
+    for p in $(pids_under_t); do
+        [ "$(readlink -f "/proc/$p/exe" 2>/dev/null)" = "$1" ] && echo "$p"
+    done
+    return 0
+}
+
 # expect_listing NAME EXPECTED CMD...: runs CMD (which prints a listing), compares.
 expect_listing() {
     local name=$1 want=$2 got

@@ -79,26 +79,14 @@ pub fn measure(sys: &System, fx: &Fixture, run_dir: &Path, log: &Path, n: usize)
 
 /// The processes whose command line names one of the mount points `points`.
 fn daemon_pids(points: &[String]) -> Vec<u32> {
-    let mut out = Vec::new();
-    let Ok(rd) = fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmd
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if args.iter().any(|a| points.iter().any(|p| a == p)) {
-            out.push(pid);
-        }
-    }
-    out
+    strata::cmd::live::command_lines()
+        .into_iter()
+        .filter(|(_, args)| {
+            args.iter()
+                .any(|a| points.iter().any(|p| a.to_str() == Some(p.as_str())))
+        })
+        .map(|(pid, _)| pid)
+        .collect()
 }
 
 /// The table, one row per system.

@@ -108,8 +108,8 @@ fn parse_cmdline(args: &[OsString], cwd: &Path) -> Option<(PathBuf, Config)> {
     Some((abs(mp), cfg))
 }
 
-/// The strata daemons serving mounts: (pid, mount point as given, layers).
-pub fn daemons() -> Vec<Live> {
+/// Every process's command line: (pid, arguments), for those this process may read.
+pub fn command_lines() -> Vec<(u32, Vec<OsString>)> {
     let mut out = Vec::new();
     let Ok(rd) = fs::read_dir("/proc") else {
         return out;
@@ -126,6 +126,15 @@ pub fn daemons() -> Vec<Live> {
             .filter(|a| !a.is_empty())
             .map(|a| OsString::from_vec(a.to_vec()))
             .collect();
+        out.push((pid, args));
+    }
+    out
+}
+
+/// The strata daemons serving mounts: (pid, mount point as given, layers).
+pub fn daemons() -> Vec<Live> {
+    let mut out = Vec::new();
+    for (pid, args) in command_lines() {
         let Some(argv0) = args.first() else { continue };
         let base = Path::new(argv0)
             .file_name()

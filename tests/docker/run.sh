@@ -118,15 +118,6 @@ stop_daemon() {
     return 1
 }
 
-# Pids under $T whose program is $1.
-pids_of() {
-    local p
-    for p in $(pids_under_t); do
-        [ "$(readlink -f "/proc/$p/exe" 2>/dev/null)" = "$1" ] && echo "$p"
-    done
-    return 0
-}
-
 cleanup() {
     local rc=$? d
     trap - EXIT INT TERM

@@ -206,14 +206,6 @@ EOF
     chmod +x "$T/trace-mount-program"
 }
 
-# The strata daemons running now (mounts of running containers).
-strata_daemons() {
-    local p
-    for p in $(pids_under_t); do
-        [ "$(readlink "/proc/$p/exe" 2>/dev/null)" = "$STRATA" ] && echo "$p"
-    done
-    return 0
-}
 
 main_checks() {
     say "== mount program under test: $STRATA${STRATA_OPTS:+ (-o $STRATA_OPTS)}"
@@ -278,7 +270,7 @@ EOF
     expect_listing "the container sees all its changes" "$layer1" cx c1 "$LISTING"
     if [ "$URING" = 1 ]; then
         local d p served=
-        d=$(strata_daemons)
+        d=$(pids_of "$(readlink -f "$STRATA")")
         for p in $d; do uring_served "$p" && served+="$p "; done
         if [ -n "$d" ] && [ -n "$served" ]; then
             pass "the container root's requests came over io_uring (/proc/PID/fdinfo of strata ${served% })"
