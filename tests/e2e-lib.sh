@@ -37,10 +37,11 @@ pids_under_t() {
     return 0
 }
 
-# Pids under $T (see pids_under_t) whose program is $1 (a canonical path).
+# Pids whose program is $1 (a canonical path), among those function $2 lists
+# (default pids_under_t).
 pids_of() {
     local p
-    for p in $(pids_under_t); do
+    for p in $("${2:-pids_under_t}"); do
         [ "$(readlink -f "/proc/$p/exe" 2>/dev/null)" = "$1" ] && echo "$p"
     done
     return 0

@@ -215,13 +215,7 @@ fuse_mounts() {
     awk -v t="$T/" 'index($5, t) == 1 && $0 ~ / - fuse/ { print $5 }' "/proc/$p/mountinfo" 2>/dev/null
     awk -v t="$T/" 'index($5, t) == 1 && $0 ~ / - fuse/ { print $5 }' /proc/self/mountinfo
 }
-prog_pids() {
-    local p
-    for p in $(user_pids); do
-        [ "$(readlink -f "/proc/$p/exe" 2>/dev/null)" = "$1" ] && echo "$p"
-    done
-    return 0
-}
+prog_pids() { pids_of "$1" user_pids; }
 nothing_left() {
     local left procs
     for _ in $(seq 50); do
