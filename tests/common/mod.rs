@@ -570,6 +570,9 @@ impl Mount {
         let mut child = Command::new(STRATA)
             .args(transport_args())
             .args(args)
+            // The control socket goes beside the mount point, not in /run/strata
+            // (a daemon a test kills leaves its socket behind); a test may name another.
+            .env("STRATA_RUNTIME_DIR", runtime_dir_for(mnt))
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -1193,4 +1196,10 @@ impl Snapshot {
         }
         diff
     }
+}
+
+/// Where the daemon of a test mount at `mnt` keeps its control socket: beside the
+/// mount point, inside the test's temp dir.
+pub fn runtime_dir_for(mnt: &Path) -> PathBuf {
+    mnt.parent().unwrap_or(Path::new("/tmp")).join(".strata-run")
 }

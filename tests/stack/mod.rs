@@ -142,6 +142,9 @@ impl Mount {
             .args(if uring { &["-o", "io_uring=on"][..] } else { &[] })
             .args(["-f", "-o", opts])
             .arg(mnt)
+            // The control socket goes beside the mount point, not in /run/strata
+            // (a daemon a test kills leaves its socket behind); a test may name another.
+            .env("STRATA_RUNTIME_DIR", runtime_dir_for(mnt))
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -535,4 +538,10 @@ pub fn mode(p: &Path) -> u32 {
 
 pub fn ino(p: &Path) -> u64 {
     fs::symlink_metadata(p).unwrap().ino()
+}
+
+/// Where the daemon of a test mount at `mnt` keeps its control socket: beside the
+/// mount point, inside the test's temp dir.
+pub fn runtime_dir_for(mnt: &Path) -> PathBuf {
+    mnt.parent().unwrap_or(Path::new("/tmp")).join(".strata-run")
 }
