@@ -99,10 +99,16 @@ restore_uring() {
         URING_PREV=
     fi
 }
+# strata mounted by root keeps its control sockets in /run/strata (the end-to-end
+# tests' daemons too; the Rust tests keep theirs in their temp dirs): a directory
+# this run made goes again, if nothing is left in it.
+RUN_STRATA_EXISTED=
+[ -e /run/strata ] && RUN_STRATA_EXISTED=1
 finish() {
     local rc=$?
     unmount_all
     restore_uring
+    [ -n "$RUN_STRATA_EXISTED" ] || rmdir /run/strata 2>/dev/null || true
     if [ "$rc" -eq 0 ]; then
         rm -rf "$WORK"
     else
