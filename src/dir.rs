@@ -128,8 +128,10 @@ impl Union {
     }
 
     /// Gives `name` in the upper dir `dir` to the caller; the group stays the one the
-    /// filesystem chose when the directory is set-group-id.
-    fn give_to(&self, dir: BorrowedFd<'_>, name: &OsStr, who: Caller, mode: Option<u32>) -> Result<()> {
+    /// filesystem chose when the directory is set-group-id. Returns the entry's stat
+    /// when nothing was changed after it was taken (the entry already had its owner and
+    /// needed no set-id bits), so the caller need not take it again.
+    fn give_to(&self, dir: BorrowedFd<'_>, name: &OsStr, who: Caller, mode: Option<u32>) -> Result<Option<Stat>> {
         self.give_to_in(dir, dir, name, who, mode)
     }
 
@@ -143,28 +145,36 @@ impl Union {
         name: &OsStr,
         who: Caller,
         mode: Option<u32>,
-    ) -> Result<()> {
+    ) -> Result<Option<Stat>> {
         if self.give_recorded(home, dir, name, who, mode)? {
-            return Ok(());
+            return Ok(None);
         }
         let h = layer::stat_at(home, OsStr::new("."))?.ok_or(Errno::NOENT)?;
         let setgid_home = h.st_mode & libc::S_ISGID != 0;
         let (uid, gid) = self.map_owner_in(Some(who.uid), (!setgid_home).then_some(who.gid));
         let gid = if setgid_home { Some(h.st_gid) } else { gid };
-        crate::override_stat::chown_at(self, dir, name, uid, gid)?;
+        let Some(st) = layer::stat_at(dir, name)? else {
+            return Ok(None);
+        };
+        // Made by the daemon, the entry is the daemon's: when the caller is who the
+        // daemon runs as (root making files as root), it already has the owner it is to
+        // get, and a chown would change nothing (the set-id bits it would clear are put
+        // back below anyway).
+        let chown = uid.is_some_and(|u| u != st.st_uid) || gid.is_some_and(|g| g != st.st_gid);
+        if chown {
+            crate::override_stat::chown_at(self, dir, name, uid, gid)?;
+        }
         // chown clears set-id bits; put back what was asked for (and what a directory
         // inherits from a set-group-id parent), on top of the permissions the entry was
         // made with (the umask or a default ACL already shaped them).
-        let Some(st) = layer::stat_at(dir, name)? else {
-            return Ok(());
-        };
         let inherits = setgid_home && layer::file_type(&st) == FileType::Directory;
         let special = mode.map(|m| (m & 0o7000) | if inherits { libc::S_ISGID } else { 0 });
         if let Some(bits) = special.filter(|b| b & 0o6000 != 0) {
             let m = (st.st_mode & 0o777) | bits;
             layer::chmod_nofollow(dir, name, Mode::from_raw_mode(m))?;
+            return Ok(None);
         }
-        Ok(())
+        Ok((!chown).then_some(st))
     }
 
     /// Counts a kernel reference on the entry just made at `path`.
@@ -222,6 +232,8 @@ impl Union {
             other => other,
         };
         let mut fd = None;
+        // The entry's stat when `give_to` took it last (nothing changed it since).
+        let mut known = None;
         match what {
             NewEntry::File { mode, flags } => {
                 let noatime = if self.stack().layers[0].noatime {
@@ -236,7 +248,7 @@ impl Union {
                     | OFlags::NOFOLLOW
                     | OFlags::CLOEXEC;
                 fd = Some(rfs::openat(dir, name, f, Mode::from_raw_mode(mode & 0o7777))?);
-                self.give_to(dir, name, who, Some(mode))?;
+                known = self.give_to(dir, name, who, Some(mode))?;
             }
             NewEntry::Dir { mode } if had_whiteout => {
                 // Over a whiteout: built opaque in the work dir, then moved into place.
@@ -267,7 +279,7 @@ impl Union {
             }
             NewEntry::Dir { mode } => {
                 rfs::mkdirat(dir, name, Mode::from_raw_mode(mode & 0o7777))?;
-                self.give_to(dir, name, who, Some(mode))?;
+                known = self.give_to(dir, name, who, Some(mode))?;
             }
             NewEntry::Node { mode, rdev: 0 } if FileType::from_raw_mode(mode) == FileType::CharacterDevice => {
                 // The overlayfs form of a whiteout: made with its marker (see
@@ -292,17 +304,20 @@ impl Union {
             NewEntry::Node { mode, rdev } => {
                 let kind = FileType::from_raw_mode(mode);
                 rfs::mknodat(dir, name, kind, Mode::from_raw_mode(mode & 0o7777), rdev)?;
-                self.give_to(dir, name, who, Some(mode))?;
+                known = self.give_to(dir, name, who, Some(mode))?;
             }
             NewEntry::Symlink { target } => {
                 rfs::symlinkat(target, dir, name)?;
-                self.give_to(dir, name, who, None)?;
+                known = self.give_to(dir, name, who, None)?;
             }
         }
         if had_whiteout {
             drop_whiteout(dir, name);
         }
-        let st = layer::stat_at(dir, name)?.ok_or(Errno::NOENT)?;
+        let st = match known {
+            Some(st) => st,
+            None => layer::stat_at(dir, name)?.ok_or(Errno::NOENT)?,
+        };
         let (node, st) = self.entered(&path, st, vec![0]);
         self.attrs_changed(parent);
         Ok((node, st, fd))

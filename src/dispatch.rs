@@ -293,13 +293,30 @@ pub fn readdir(u: &Union, ino: u64, fh: u64, offset: u64, sink: &mut dyn DirSink
     Answer::Empty
 }
 
+/// A lookup slower than this had to read from the disk (a cached one takes a few µs).
+const COLD_LOOKUP: std::time::Duration = std::time::Duration::from_micros(20);
+/// How many such lookups the first chunk of a listing takes before it ends early.
+const COLD_LOOKUPS: usize = 8;
+
 /// readdirplus: fills `sink`, counting a lookup for each entry it takes.
+///
+/// The kernel asks for the first chunk of every listing with attributes
+/// (FUSE_READDIRPLUS_AUTO), whether or not the reader will look at them: `ls -f`,
+/// `find` or `readdir(3)` alone pay a stat per entry there. With the inodes cached
+/// that costs little; when each stat reads the disk, it costs more than the listing.
+/// So the first chunk ends once `COLD_LOOKUPS` entries had to be read from the disk.
+/// The kernel asks again for the rest: with attributes when the reader looked at the
+/// entries it got (the kernel's readdirplus advice), else as a plain READDIR.
 pub fn readdirplus(u: &Union, ino: u64, fh: u64, offset: u64, sink: &mut dyn DirPlusSink) -> Answer {
     let _in = u.enter();
     debug!("readdirplus {} offset={offset}", ino);
     let (entries, start) = check!(u.dir_snapshot(fh, offset), "readdirplus");
     let ttl = u.ttl;
+    let mut cold = 0;
     for e in &entries[start..] {
+        if offset == 0 && cold >= COLD_LOOKUPS {
+            break;
+        }
         if e.name == "." || e.name == ".." {
             // The kernel takes no attributes (and counts no lookup) for these two.
             let mut attr = negative_attr();
@@ -311,7 +328,12 @@ pub fn readdirplus(u: &Union, ino: u64, fh: u64, offset: u64, sink: &mut dyn Dir
             continue;
         }
         // Each entry returned counts as a lookup, as if the kernel had asked for it.
-        let Ok((node, st)) = u.lookup(ino, &e.name) else {
+        let t = std::time::Instant::now();
+        let found = u.lookup(ino, &e.name);
+        if t.elapsed() > COLD_LOOKUP {
+            cold += 1;
+        }
+        let Ok((node, st)) = found else {
             continue;
         };
         if sink.add(e.off, &e.name, ttl, &u.attr(node.ino, &st)) {

@@ -83,6 +83,32 @@ impl DirHandles {
     }
 }
 
+/// One layer's entries for a merge: read afresh (the upper) or kept (a lower).
+enum Layered {
+    Fresh(Vec<(OsString, FileType, u64)>),
+    Kept(Arc<layer::Listing>),
+}
+
+impl Layered {
+    fn len(&self) -> usize {
+        match self {
+            Layered::Fresh(v) => v.len(),
+            Layered::Kept(l) => l.entries.len(),
+        }
+    }
+
+    /// Entry `i`: name, type, inode number and, from a kept listing, the entry.
+    fn get(&self, i: usize) -> (&OsStr, FileType, u64, Option<&ListEntry>) {
+        match self {
+            Layered::Fresh(v) => (v[i].0.as_os_str(), v[i].1, v[i].2, None),
+            Layered::Kept(l) => {
+                let e = &l.entries[i];
+                (e.name.as_os_str(), e.kind, e.ino, Some(e))
+            }
+        }
+    }
+}
+
 impl Union {
     /// The merged listing of a directory node, `.` and `..` first.
     /// The caller holds `ns` (shared or exclusive).
@@ -136,38 +162,43 @@ impl Union {
                 off: 0,
             },
         ];
-        let mut seen: HashSet<OsString> = HashSet::new();
+        // Every layer's listing is read first and kept for the merge, which then
+        // borrows the names: one copy of each name (the one returned), not three.
+        let stack = self.stack();
+        let mut lists: Vec<(usize, Layered)> = Vec::with_capacity(st.layers.len());
         for &l in &st.layers {
-            let forms = self.stack().forms[l];
-            let stack = self.stack();
             let layer = &stack.layers[l];
             // The upper is read afresh; lower listings are kept.
-            let (fresh, kept);
-            let entries: Vec<(&OsStr, FileType, u64, Option<&ListEntry>)> = if layer.is_upper {
+            if layer.is_upper {
                 let Some(dir) = layer.dir(path)? else { continue };
-                fresh = layer::read_dir(dir.as_fd())?;
-                fresh.iter().map(|(n, k, i)| (n.as_os_str(), *k, *i, None)).collect()
-            } else {
-                let Some(list) = self.listings.get(layer, path)? else {
-                    continue;
-                };
-                kept = list;
-                kept.entries
-                    .iter()
-                    .map(|e| (e.name.as_os_str(), e.kind, e.ino, Some(e)))
-                    .collect()
-            };
+                lists.push((l, Layered::Fresh(layer::read_dir(dir.as_fd())?)));
+            } else if let Some(list) = self.listings.get(layer, path)? {
+                lists.push((l, Layered::Kept(list)));
+            }
+        }
+        let total: usize = lists.iter().map(|(_, e)| e.len()).sum();
+        out.reserve(total);
+        // Names already shown or hidden by a layer above. A directory of one layer (the
+        // upper's own directories) needs none.
+        let merging = lists.len() > 1;
+        let mut seen: HashSet<&OsStr> = HashSet::with_capacity(if merging { total } else { 0 });
+        for (i, (l, list)) in lists.iter().enumerate() {
+            let l = *l;
+            let forms = stack.forms[l];
+            let layer = &stack.layers[l];
+            let last = i + 1 == lists.len();
             let mut hidden = Vec::new();
-            for (name, mut kind, d_ino, cached) in entries {
+            for j in 0..list.len() {
+                let (name, mut kind, d_ino, cached) = list.get(j);
                 if whiteout::is_reserved(name) {
-                    if forms.aufs {
+                    if forms.aufs && !last {
                         if let Some(h) = whiteout::hidden_name(name) {
-                            hidden.push(h.to_os_string());
+                            hidden.push(h);
                         }
                     }
                     continue;
                 }
-                if seen.contains(name) {
+                if merging && seen.contains(name) {
                     continue;
                 }
                 let mut dev = layer.dev;
@@ -181,7 +212,9 @@ impl Union {
                         },
                     };
                     if self.is_whiteout_dev(l, path, name, &s) {
-                        seen.insert(name.to_os_string());
+                        if merging {
+                            seen.insert(name);
+                        }
                         continue;
                     }
                     kind = layer::file_type(&s);
@@ -194,9 +227,13 @@ impl Union {
                     kind,
                     off: 0,
                 });
-                seen.insert(name.to_os_string());
+                if merging && !last {
+                    seen.insert(name);
+                }
             }
-            seen.extend(hidden);
+            if merging {
+                seen.extend(hidden);
+            }
         }
         Ok(out)
     }
