@@ -491,7 +491,9 @@ impl Output {
 
 /// The transport the tests run under: `STRATA_TEST_TRANSPORT=uring` mounts with
 /// `-o io_uring=on` (scripts/test.sh turns /sys/module/fuse/parameters/enable_uring
-/// on for that run and restores it); anything else, the default, is the classic one.
+/// on for that run and restores it); anything else, the default, is the classic one,
+/// asked for with `-o io_uring=off` so that a module switch turned on meanwhile by
+/// something else on the machine does not move the classic run onto the rings.
 pub fn uring_transport() -> bool {
     std::env::var("STRATA_TEST_TRANSPORT").is_ok_and(|v| v == "uring")
 }
@@ -505,7 +507,7 @@ fn transport_args() -> Vec<OsString> {
     if uring_transport() {
         vec!["-o".into(), "io_uring=on".into()]
     } else {
-        Vec::new()
+        vec!["-o".into(), "io_uring=off".into()]
     }
 }
 
