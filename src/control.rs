@@ -308,9 +308,7 @@ fn save(u: &Union, saved: &Path) {
         text.extend_from_slice(absolute(&l).as_os_str().as_bytes());
         text.push(b'\n');
     }
-    let tmp = saved.with_extension("layers.tmp");
-    let r = std::fs::write(&tmp, &text).and_then(|_| std::fs::rename(&tmp, saved));
-    if let Err(e) = r {
+    if let Err(e) = crate::durable::write_file(saved, &text) {
         tracing::warn!("saving the layers in {}: {e}", saved.display());
     }
 }

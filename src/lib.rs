@@ -9,6 +9,7 @@ pub mod control;
 pub mod copy_up;
 pub mod dir;
 pub mod dispatch;
+pub mod durable;
 pub mod file;
 pub mod fs;
 pub mod inode;

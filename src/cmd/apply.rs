@@ -7,7 +7,9 @@
 //! `..` or absolute names, no symlinked parent directories, hard links only to
 //! entries of the layer itself, device nodes only for root. Everything is unpacked
 //! into a staging directory beside DIR and renamed into place at the end, so a
-//! refused or broken tar leaves nothing behind.
+//! refused or broken tar leaves nothing behind; the staged tree is synced to disk
+//! first (one syncfs), so that after a power cut DIR is either missing or whole,
+//! never a layer of empty files (`--no-sync` skips that for throwaway layers).
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
@@ -40,6 +42,10 @@ pub struct Args {
     /// The layer directory to create
     #[arg(value_name = "DIR")]
     pub dir: PathBuf,
+    /// Do not sync the layer to disk before it is put in place (faster; after a
+    /// crash or power cut DIR may then hold files without their data)
+    #[arg(long)]
+    pub no_sync: bool,
 }
 
 pub fn main(args: Vec<OsString>) -> i32 {
@@ -55,7 +61,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
             }
         }
     };
-    match apply(input, &a.dir) {
+    match apply(input, &a.dir, !a.no_sync) {
         Ok(s) => {
             if std::env::var_os("STRATA_STATS").is_some() {
                 eprintln!("strata apply: {} entries, {} bytes of data", s.entries, s.bytes);
@@ -90,16 +96,18 @@ pub fn decompress<'a>(r: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
 
 /// Unpacks the layer tar `input` (maybe compressed) into `dir`, which must be missing
 /// or empty. On error nothing is left: neither `dir` (if it was missing) nor files in it.
-pub fn apply(input: impl Read, dir: &Path) -> Result<Stats, String> {
+pub fn apply(input: impl Read, dir: &Path, sync: bool) -> Result<Stats, String> {
     let input = decompress(input).map_err(|e| format!("reading: {e}"))?;
-    apply_verified(input, dir, || Ok(()))
+    apply_verified(input, dir, sync, || Ok(()))
 }
 
 /// Unpacks the (uncompressed) layer tar `input` into `dir` as `apply` does, reading
-/// `input` to its end and calling `verify` before the result is put in place.
+/// `input` to its end and calling `verify` before the result is put in place. With
+/// `sync`, the tree is on disk before its name is, and the name before this returns.
 pub fn apply_verified(
     input: impl Read,
     dir: &Path,
+    sync: bool,
     verify: impl FnOnce() -> Result<(), String>,
 ) -> Result<Stats, String> {
     let (parent, name) = match (dir.parent(), dir.file_name()) {
@@ -140,10 +148,16 @@ pub fn apply_verified(
         .map_err(|e| format!("{}: {e}", stage.display()))?;
         let stats = unpack(input, root.as_fd())?;
         verify()?;
+        if sync {
+            crate::durable::sync_fs_of(&stage).map_err(|e| format!("syncing {}: {e}", stage.display()))?;
+        }
         if existed {
             fs::remove_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
         fs::rename(&stage, dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        if sync {
+            crate::durable::sync_dir(parent).map_err(|e| format!("syncing {}: {e}", parent.display()))?;
+        }
         Ok(stats)
     })();
     if result.is_err() {

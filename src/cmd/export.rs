@@ -98,14 +98,16 @@ pub fn run(a: &Args) -> Result<Stats, String> {
     if !md.is_dir() {
         return Err(format!("{}: not a directory", upper.display()));
     }
-    // To FILE through a temporary name beside it: a failed export leaves no FILE.
-    let tmp = a.output.as_ref().map(|p| {
-        let mut n = p.file_name().unwrap_or_default().to_os_string();
-        n.push(format!(".tmp-{}", std::process::id()));
-        p.with_file_name(n)
-    });
+    // To FILE through a temporary name beside it, synced before it is renamed into
+    // place: a failed export, a crash or a power cut leaves no FILE or a whole one.
+    let tmp = a.output.as_deref().map(crate::durable::temp_beside);
+    let mut file = None;
     let out: Box<dyn Write> = match &tmp {
-        Some(p) => Box::new(File::create(p).map_err(|e| format!("{}: {e}", p.display()))?),
+        Some(p) => {
+            let f = File::create(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            file = Some(f.try_clone().map_err(|e| format!("{}: {e}", p.display()))?);
+            Box::new(f)
+        }
         None => Box::new(io::stdout().lock()),
     };
     let mut x = Exporter {
@@ -126,13 +128,16 @@ pub fn run(a: &Args) -> Result<Stats, String> {
         tarfmt::finish(&mut x.out).map_err(|e| format!("writing the tar: {e}"))?;
         x.out.flush().map_err(|e| format!("writing the tar: {e}"))
     })();
-    if let (Some(t), Some(p)) = (&tmp, &a.output) {
-        match &r {
-            Ok(()) => fs::rename(t, p).map_err(|e| format!("{}: {e}", p.display()))?,
-            Err(_) => {
-                let _ = fs::remove_file(t);
-            }
+    if let (Some(t), Some(p), Some(f)) = (&tmp, &a.output, &file) {
+        let r = r.clone().and_then(|()| {
+            f.sync_all()
+                .and_then(|()| crate::durable::rename_synced(t, p))
+                .map_err(|e| format!("{}: {e}", p.display()))
+        });
+        if r.is_err() {
+            let _ = fs::remove_file(t);
         }
+        r?;
     }
     r.map(|()| x.stats)
 }

@@ -205,7 +205,7 @@ impl Store {
             }
             Ok(())
         };
-        match super::apply::apply_verified(reader, &dir, verify) {
+        match super::apply::apply_verified(reader, &dir, true, verify) {
             Ok(_) => Ok((dir, true)),
             // Another mount unpacked it meanwhile.
             Err(_) if dir.is_dir() => Ok((dir, false)),
@@ -218,9 +218,7 @@ impl Store {
         fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
         let hex = hex_of(&rec.config)?;
         let p = d.join(format!("{hex}.json"));
-        let tmp = d.join(format!(".{hex}.json.{}", std::process::id()));
-        fs::write(&tmp, rec.to_json()).map_err(|e| format!("{}: {e}", tmp.display()))?;
-        fs::rename(&tmp, &p).map_err(|e| format!("{}: {e}", p.display()))
+        crate::durable::write_file(&p, rec.to_json().as_bytes()).map_err(|e| format!("{}: {e}", p.display()))
     }
 
     pub fn images(&self) -> Vec<(PathBuf, ImageRecord)> {
