@@ -16,7 +16,7 @@ use std::ffi::OsString;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustix::fs::FileType;
 use rustix::io::Errno;
@@ -49,6 +49,9 @@ fn refused(errno: Errno, msg: String) -> Refused {
 
 /// How long a change waits for the requests in flight (a long copy-up) to finish.
 const GATE_WAIT: Duration = Duration::from_secs(30);
+
+/// How long `del` waits for the RELEASE of files closed just before it.
+const RELEASE_WAIT: Duration = Duration::from_secs(1);
 
 /// What the kernel is told once requests flow again.
 #[derive(Default)]
@@ -98,6 +101,9 @@ impl Union {
             Change::Del { .. } => proc_users(&mp),
             Change::Add { .. } => Vec::new(),
         };
+        if let Change::Del { dir } = change {
+            self.wait_for_releases(dir, &users);
+        }
         let Some(gate) = self.gate.try_write_for(GATE_WAIT) else {
             return Err(refused(
                 Errno::BUSY,
@@ -230,15 +236,43 @@ impl Union {
         Ok(layer)
     }
 
+    /// close(2) returns before the kernel's RELEASE reaches the daemon, so a file of
+    /// the layer closed just before `del` may still hold a handle here. Waits a moment
+    /// (up to RELEASE_WAIT) for such handles to go; not when a process (`users`, from
+    /// /proc) holds one of them open, which is a use that the check refuses at once.
+    fn wait_for_releases(&self, dir: &Path, users: &[User]) {
+        let deadline = Instant::now() + RELEASE_WAIT;
+        loop {
+            let s = self.stack().clone();
+            let Ok(k) = find_layer(&s, self.first_lower(), dir) else {
+                return;
+            };
+            let handles: Vec<_> = self
+                .files
+                .all()
+                .into_iter()
+                .filter(|h| uses_layer(&h.node.state(), k))
+                .collect();
+            let held = handles.iter().any(|h| {
+                h.node
+                    .paths()
+                    .iter()
+                    .any(|p| users.iter().any(|u| u.how == "open file" && &u.rel == p))
+            });
+            if handles.is_empty() || held || Instant::now() >= deadline {
+                return;
+            }
+            drop(handles);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Refuses (EBUSY) when layer `k` of `old` is used: a file of it is open, or a
     /// directory found only in it is open or some process's working or root directory.
     fn check_unused(&self, old: &Stack, k: usize, users: &[User], mp: &Path) -> Result<(), Refused> {
         let shown = |rel: &Path| mp.join(rel).display().to_string();
         let path = &old.layers[k].path;
-        let uses = |s: &State| match s.kind {
-            FileType::Directory => s.layers == [k],
-            _ => s.layers.first() == Some(&k),
-        };
+        let uses = |s: &State| uses_layer(s, k);
         let busy = |what: String| refused(Errno::BUSY, format!("layer {} is in use: {what}", path.display()));
         for u in users {
             if let Ok(Some(f)) = self.resolve_path(&u.rel) {
@@ -441,6 +475,15 @@ impl Union {
 }
 
 /// The position of lower layer `dir` in `s` (compared as a directory, then by path).
+/// Whether a node in state `s` needs layer `k`: a directory found only in it, or
+/// anything else whose top layer it is.
+fn uses_layer(s: &State, k: usize) -> bool {
+    match s.kind {
+        FileType::Directory => s.layers == [k],
+        _ => s.layers.first() == Some(&k),
+    }
+}
+
 fn find_layer(s: &Stack, first: usize, dir: &Path) -> Result<usize, Refused> {
     let probe = Layer::open(false, dir).ok();
     let canon = std::fs::canonicalize(dir).ok();
