@@ -17,6 +17,7 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use clap::Parser;
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, Timestamps, XattrFlags};
@@ -219,7 +220,7 @@ struct Unpacker<'a> {
     root: BorrowedFd<'a>,
     is_root: bool,
     /// The last parent directory opened: (path, fd).
-    cached: Option<(Vec<Vec<u8>>, OwnedFd)>,
+    cached: Option<(Vec<Vec<u8>>, Rc<OwnedFd>)>,
     dirs: Vec<DirMeta>,
     root_meta: Option<EntryMeta>,
     warned_owner: bool,
@@ -255,10 +256,11 @@ fn unpack(input: impl Read, root: BorrowedFd<'_>) -> Result<Stats, String> {
 
 impl<'a> Unpacker<'a> {
     /// Opens (creating missing ones) the directory at `path`, never through a symlink.
-    fn open_dir(&mut self, path: &[Vec<u8>], create: bool) -> Result<OwnedFd, String> {
+    /// The last one is kept: entries of one directory come one after the other.
+    fn open_dir(&mut self, path: &[Vec<u8>], create: bool) -> Result<Rc<OwnedFd>, String> {
         if let Some((p, fd)) = &self.cached {
             if p == path {
-                return fd.try_clone().map_err(|e| e.to_string());
+                return Ok(fd.clone());
             }
         }
         let mut cur = rfs::openat(
@@ -290,7 +292,8 @@ impl<'a> Unpacker<'a> {
             };
             cur = next;
         }
-        self.cached = Some((path.to_vec(), cur.try_clone().map_err(|e| e.to_string())?));
+        let cur = Rc::new(cur);
+        self.cached = Some((path.to_vec(), cur.clone()));
         Ok(cur)
     }
 
@@ -392,7 +395,7 @@ impl<'a> Unpacker<'a> {
                 m.uid = rustix::process::geteuid().as_raw() as u64;
                 m.gid = rustix::process::getegid().as_raw() as u64;
             }
-            return self.set_meta(pfd, os, &m, false, &raw);
+            return self.set_meta(pfd, os, None, &m, false, &raw);
         }
         match kind {
             EntryType::Directory => {
@@ -404,13 +407,22 @@ impl<'a> Unpacker<'a> {
                 return Ok(());
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                self.clear(pfd, os, false)?;
-                let f = rfs::openat(
-                    pfd,
-                    os,
-                    OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )
+                let create = || {
+                    rfs::openat(
+                        pfd,
+                        os,
+                        OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        Mode::from_raw_mode(0o600),
+                    )
+                };
+                // Created first: only a name an earlier entry took is cleared.
+                let f = match create() {
+                    Err(Errno::EXIST) => {
+                        self.clear(pfd, os, false)?;
+                        create()
+                    }
+                    r => r,
+                }
                 .map_err(|e| e.to_string())?;
                 let size = e.size();
                 let n = copy_data(e, &f, kind == EntryType::GNUSparse, &mut self.buf).map_err(|e| e.to_string())?;
@@ -418,11 +430,19 @@ impl<'a> Unpacker<'a> {
                     return Err(format!("the tar ends inside the file's data ({n} of {size} bytes)"));
                 }
                 self.stats.bytes += n;
+                return self.set_meta(pfd, os, Some(f.as_fd()), &meta, false, &raw);
             }
             EntryType::Symlink => {
                 let target = e.link_name_bytes().ok_or("a symlink without a target")?.into_owned();
-                self.clear(pfd, os, false)?;
-                rfs::symlinkat(OsStr::from_bytes(&target), pfd, os).map_err(|e| e.to_string())?;
+                let target = OsStr::from_bytes(&target);
+                match rfs::symlinkat(target, pfd, os) {
+                    Err(Errno::EXIST) => {
+                        self.clear(pfd, os, false)?;
+                        rfs::symlinkat(target, pfd, os)
+                    }
+                    r => r,
+                }
+                .map_err(|e| e.to_string())?;
             }
             EntryType::Link => {
                 let target = e.link_name_bytes().ok_or("a hard link without a target")?.into_owned();
@@ -473,25 +493,32 @@ impl<'a> Unpacker<'a> {
             other => return Err(format!("an entry of type {other:?}: not supported")),
         }
         let is_link = kind == EntryType::Symlink;
-        self.set_meta(pfd, os, &meta, is_link, &raw)
+        self.set_meta(pfd, os, None, &meta, is_link, &raw)
     }
 
+    /// Owner, xattrs, mode and mtime of entry `name` in `dir`; through `open`, the
+    /// entry itself when it is open (a regular file just written), with no lookup
+    /// of its name.
+    #[allow(clippy::too_many_arguments)]
     fn set_meta(
         &mut self,
         dir: BorrowedFd<'_>,
         name: &OsStr,
+        open: Option<BorrowedFd<'_>>,
         m: &EntryMeta,
         is_symlink: bool,
         raw: &[u8],
     ) -> Result<(), String> {
-        let proc = PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&dir))).join(name);
         if self.is_root {
             let (uid, gid) = (
                 rustix::fs::Uid::from_raw(m.uid as u32),
                 rustix::fs::Gid::from_raw(m.gid as u32),
             );
-            rfs::chownat(dir, name, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(|e| format!("chown: {e}"))?;
+            match open {
+                Some(fd) => rfs::fchown(fd, Some(uid), Some(gid)),
+                None => rfs::chownat(dir, name, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW),
+            }
+            .map_err(|e| format!("chown: {e}"))?;
         } else if !self.warned_owner
             && (m.uid as u32 != rustix::process::geteuid().as_raw()
                 || m.gid as u32 != rustix::process::getegid().as_raw())
@@ -504,17 +531,27 @@ impl<'a> Unpacker<'a> {
             if whiteout::is_internal_xattr(ko) {
                 continue;
             }
-            if let Err(e) = rfs::lsetxattr(&proc, ko, v, XattrFlags::empty()) {
+            let set = match open {
+                Some(fd) => rfs::fsetxattr(fd, ko, v, XattrFlags::empty()),
+                None => {
+                    let proc = PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&dir)));
+                    rfs::lsetxattr(proc.join(name), ko, v, XattrFlags::empty())
+                }
+            };
+            if let Err(e) = set {
                 if self.is_root || !(k.starts_with(b"trusted.") || k.starts_with(b"security.")) {
                     return Err(format!("xattr {}: {e}", show(k)));
                 }
                 eprintln!("strata apply: entry '{}': xattr {} not kept: {e}", show(raw), show(k));
             }
         }
-        if !is_symlink {
-            rfs::chmodat(dir, name, Mode::from_raw_mode(m.mode), AtFlags::empty())
-                .map_err(|e| format!("chmod: {e}"))?;
+        let mode = Mode::from_raw_mode(m.mode);
+        match open {
+            Some(fd) => rfs::fchmod(fd, mode),
+            None if !is_symlink => rfs::chmodat(dir, name, mode, AtFlags::empty()),
+            None => Ok(()),
         }
+        .map_err(|e| format!("chmod: {e}"))?;
         let t = rfs::Timespec {
             tv_sec: m.mtime as _,
             tv_nsec: 0,
@@ -523,7 +560,11 @@ impl<'a> Unpacker<'a> {
             last_access: t,
             last_modification: t,
         };
-        rfs::utimensat(dir, name, &times, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| format!("times: {e}"))?;
+        match open {
+            Some(fd) => rfs::futimens(fd, &times),
+            None => rfs::utimensat(dir, name, &times, AtFlags::SYMLINK_NOFOLLOW),
+        }
+        .map_err(|e| format!("times: {e}"))?;
         Ok(())
     }
 
@@ -574,7 +615,7 @@ impl<'a> Unpacker<'a> {
                 Err(e) => return Err(format!("entry '{shown}': opaque marker: {e}")),
             }
         }
-        self.set_meta(parent, name, m, false, shown.as_bytes())
+        self.set_meta(parent, name, None, m, false, shown.as_bytes())
             .map_err(|e| format!("entry '{shown}': {e}"))
     }
 }
