@@ -7,6 +7,7 @@
 mod config;
 mod density;
 mod fixtures;
+mod layers;
 mod mounts;
 mod plots;
 mod report;
@@ -303,7 +304,9 @@ fn run(args: &[String]) -> Res<i32> {
         Err(_) => 100,
     };
     let idle = idle_n > 0 && (cfg.only.is_empty() || cfg.only.iter().any(|o| "idle mounts".contains(o.as_str())));
-    if selected.is_empty() && !idle {
+    let layer_tools = std::env::var("STRATA_BENCH_LAYERS").map_or(true, |v| v.trim() != "0")
+        && (cfg.only.is_empty() || cfg.only.iter().any(|o| "layer tools".contains(o.as_str())));
+    if selected.is_empty() && !idle && !layer_tools {
         return Err(format!(
             "STRATA_BENCH_ONLY matches no workload; there are:\n  {}",
             names.join("\n  ")
@@ -392,6 +395,27 @@ fn run(args: &[String]) -> Res<i32> {
             }
         }
     }
+    let mut layer_rows = Vec::new();
+    let layer_runs = cfg.runs.unwrap_or(5);
+    if layer_tools && !util::interrupted() {
+        match systems.iter().find(|s| s.id == "strata").and_then(|s| s.bin.clone()) {
+            Some(bin) => {
+                eprintln!("layer tools: strata export/apply against tar, {layer_runs} runs ...");
+                let fx = fixtures.get(fixtures::Fx::Untar)?;
+                match layers::measure(
+                    &bin,
+                    &fx.dir.join("small.tar"),
+                    &bench.run_dir.join("layer-tools"),
+                    layer_runs,
+                    cfg.scale,
+                ) {
+                    Ok(r) => layer_rows = r,
+                    Err(e) => eprintln!("      layer tools: FAILED: {e}"),
+                }
+            }
+            None => eprintln!("layer tools: not run (strata is not among the systems)"),
+        }
+    }
     let _ = util::remove_tree(&bench.run_dir);
 
     let report = Report {
@@ -406,16 +430,25 @@ fn run(args: &[String]) -> Res<i32> {
         kernel_release(),
         fmt_duration(started.elapsed())
     );
-    println!();
-    print!("{}", report.table());
+    if !report.rows.is_empty() {
+        println!();
+        print!("{}", report.table());
+    }
     if !idle_rows.is_empty() {
         println!();
         print!("{}", density::table(&idle_rows));
     }
-    report.write_csv(&cfg.csv)?;
-    println!("CSV: {}", cfg.csv.display());
-    for p in plots::write(&report, &systems, &cfg.csv)? {
-        println!("plot: {}", p.display());
+    if !layer_rows.is_empty() {
+        println!();
+        print!("{}", layers::table(&layer_rows, layer_runs));
+    }
+    // Only the idle or layer-tool tables: an earlier run's CSV and plots stay.
+    if !report.rows.is_empty() {
+        report.write_csv(&cfg.csv)?;
+        println!("CSV: {}", cfg.csv.display());
+        for p in plots::write(&report, &systems, &cfg.csv)? {
+            println!("plot: {}", p.display());
+        }
     }
     if util::interrupted() {
         eprintln!("interrupted: results above are partial");
