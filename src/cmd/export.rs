@@ -398,16 +398,26 @@ impl<W: Write> Exporter<W> {
                 self.links.insert(key, rel.to_vec());
             }
             m.size = md.len();
-            let mut f = match &metacopy {
-                None => open_nofollow(p).map_err(|e| self.err(p, e))?,
-                Some((k, v)) => self.metacopy_source(p, rel, k, v, md.len())?,
+            // Blocks for the whole size: no hole, and no need to look for one.
+            let (mut f, whole) = match &metacopy {
+                None => (
+                    open_nofollow(p).map_err(|e| self.err(p, e))?,
+                    md.blocks().saturating_mul(512) >= md.len(),
+                ),
+                // The data is another file's, whose blocks tell.
+                Some((k, v)) => (self.metacopy_source(p, rel, k, v, md.len())?, false),
             };
-            let map = data_map(&mut f, m.size).map_err(|e| self.err(p, e))?;
+            let (map, moved) = match whole {
+                true => (vec![(0, m.size)], false),
+                false => (data_map(&mut f, m.size).map_err(|e| self.err(p, e))?, true),
+            };
             let sparse = map.iter().map(|(_, l)| l).sum::<u64>() < m.size;
             tarfmt::write_header(&mut self.out, &m, sparse.then_some(&map[..])).map_err(w)?;
             let mut written = 0;
             for (off, len) in &map {
-                f.seek(SeekFrom::Start(*off)).map_err(|e| self.err(p, e))?;
+                if moved || *off != 0 {
+                    f.seek(SeekFrom::Start(*off)).map_err(|e| self.err(p, e))?;
+                }
                 let mut left = *len;
                 while left > 0 {
                     let want = left.min(self.buf.len() as u64) as usize;
@@ -514,9 +524,6 @@ fn data_map(f: &mut File, size: u64) -> io::Result<Vec<(u64, u64)>> {
             _ => map.push((start, end - start)),
         }
         off = end;
-    }
-    if map.len() == 1 && map[0] == (0, size) {
-        return Ok(map);
     }
     Ok(map)
 }
