@@ -800,15 +800,41 @@ fn mount_image_from_an_archive_and_reuse_the_store() {
     assert_eq!(names, strs(&["etc", "etc/.wh.hello", "etc/new"]));
     drop(_g2);
     drop(_g);
+    // What a crash leaves in the store: a layer half unpacked (its staging dir) and
+    // one half removed by gc. Neither is a layer; gc sweeps both.
+    let leftovers = [
+        store.join("sha256").join(format!(".{}.apply-999999", sha256(b"x"))),
+        store.join("sha256").join(format!(".gc-{}", sha256(b"y"))),
+    ];
+    for d in &leftovers {
+        fs::create_dir_all(d.join("etc")).unwrap();
+        write(&d.join("etc/hello"), "half");
+    }
+    let ls = ok(strata(&["store", "ls", "--store", s(&store)]), "store ls").stdout;
+    assert!(
+        !String::from_utf8_lossy(&ls).contains(&sha256(b"x")),
+        "a staging dir listed as a layer"
+    );
     // Nothing mounted: gc empties the store.
     let gc = ok(strata(&["store", "gc", "--store", s(&store)]), "gc").stdout;
+    let gc = String::from_utf8_lossy(&gc).into_owned();
     assert_eq!(
-        String::from_utf8_lossy(&gc).lines().count(),
+        gc.lines().filter(|l| l.starts_with("removed sha256:")).count(),
         2,
-        "{}",
-        String::from_utf8_lossy(&gc)
+        "{gc}"
+    );
+    assert_eq!(
+        gc.lines().filter(|l| l.starts_with("removed leftover ")).count(),
+        2,
+        "{gc}"
     );
     assert!(!layer_dir.exists());
+    assert!(leftovers.iter().all(|d| !exists(d)), "gc left: {gc}");
+    assert_eq!(
+        fs::read_dir(store.join("sha256")).unwrap().count(),
+        0,
+        "gc left something in the store"
+    );
     // A corrupted layer is refused and nothing is kept.
     docker_archive(&archive, "localhost/test:1", std::slice::from_ref(&l1));
     let mut data = fs::read(&archive).unwrap();

@@ -10,7 +10,10 @@
 //!
 //! `strata store gc` removes every layer that neither a live strata mount (found
 //! through /proc, see `live`) nor a pinned image uses, and the records of unpinned
-//! images left with missing layers.
+//! images left with missing layers. A layer leaves its name first (renamed to a
+//! dot name, synced) and is removed after, so that a crash or power cut in the
+//! middle never leaves a partial tree under a digest a later mount would trust;
+//! gc also removes such dot names, left over by a crash in gc or in an unpacking.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
@@ -321,9 +324,33 @@ fn gc(s: &Store, dry_run: bool) -> Result<(), String> {
         }
         println!("{}{digest}", if dry_run { "would remove " } else { "removed " });
         if !dry_run {
-            super::apply::remove_tree(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let mut gone = OsString::from(".gc-");
+            gone.push(dir.file_name().unwrap_or_default());
+            let gone = dir.with_file_name(gone);
+            crate::durable::rename_synced(&dir, &gone).map_err(|e| format!("{}: {e}", dir.display()))?;
+            super::apply::remove_tree(&gone).map_err(|e| format!("{}: {e}", gone.display()))?;
         }
         removed.insert(digest);
+    }
+    // Under the exclusive lock no unpacking runs: every dot name in sha256/ is what
+    // a crash left behind (a layer half removed, or half unpacked).
+    if let Ok(rd) = fs::read_dir(s.root.join("sha256")) {
+        for e in rd.flatten() {
+            if e.file_name().as_encoded_bytes().starts_with(b".") {
+                println!(
+                    "{}{}",
+                    if dry_run {
+                        "would remove leftover "
+                    } else {
+                        "removed leftover "
+                    },
+                    e.path().display()
+                );
+                if !dry_run {
+                    super::apply::remove_tree(&e.path()).map_err(|err| format!("{}: {err}", e.path().display()))?;
+                }
+            }
+        }
     }
     for (p, r) in images {
         if !r.pinned && r.layers.iter().any(|l| removed.contains(l)) && !dry_run {
