@@ -309,6 +309,20 @@ pub fn all(p: &Params, fio: bool) -> Vec<Workload> {
     });
     w.push(Workload {
         group: "metadata",
+        rows: vec![format!("ls -lR {files} files, {} layers (cold)", p.meta_layers)],
+        runs: 5,
+        tool: Some("ls"),
+        mode: Mode::Fresh { cold: true },
+        opts: "",
+        fx: Fx::Meta,
+        prepare: None,
+        op: Box::new(|env| {
+            let (t, (lines, _)) = timed(|| util::run_counting(&mut ls(&["-lR"], &env.mnt.join("tree"))))?;
+            one(t, Some(lines))
+        }),
+    });
+    w.push(Workload {
+        group: "metadata",
         rows: vec![format!("ls -lR {files} files, {} layers (warm)", p.meta_layers)],
         runs: 5,
         tool: None,
