@@ -106,9 +106,10 @@ pub fn run(cfg: Config) -> Result<(), String> {
         nofile.current = nofile.maximum;
         let _ = rustix::process::setrlimit(rustix::process::Resource::Nofile, nofile);
     }
+    let hold = held_for_launcher();
     let union = Union::new(cfg)?;
     if union.cfg.foreground {
-        return serve(union, None);
+        return serve(union, None, hold);
     }
     let (rd, wr) = rustix::pipe::pipe().map_err(|e| format!("pipe: {e}"))?;
     // SAFETY: no other thread exists yet in this process (nothing above spawns one), so
@@ -119,6 +120,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     }
     if pid > 0 {
         drop(wr);
+        drop(hold);
         let mut msg = String::new();
         let _ = std::fs::File::from(rd).read_to_string(&mut msg);
         return match msg.strip_prefix("ok") {
@@ -129,11 +131,21 @@ pub fn run(cfg: Config) -> Result<(), String> {
     }
     drop(rd);
     let _ = rustix::process::setsid();
-    let res = serve(union, Some(wr));
+    let res = serve(union, Some(wr), hold);
     std::process::exit(if res.is_ok() { 0 } else { 1 });
 }
 
-fn serve(union: Union, notify: Option<OwnedFd>) -> Result<(), String> {
+/// An fd the launcher hands over (`STRATA_HOLD_FD`) for the daemon to hold until its
+/// mount is live: `strata mount --image -f` passes its shared lock of the layer store
+/// this way, so that `store gc` cannot remove the layers between its exec and the
+/// mount (a live mount's layers are then found through /proc).
+fn held_for_launcher() -> Option<OwnedFd> {
+    let n = std::env::var("STRATA_HOLD_FD").ok()?.parse().ok()?;
+    std::env::remove_var("STRATA_HOLD_FD");
+    crate::sys::inherited_fd(n)
+}
+
+fn serve(union: Union, notify: Option<OwnedFd>, hold: Option<OwnedFd>) -> Result<(), String> {
     let mountpoint = union.cfg.mountpoint.clone();
     let fsname = union.cfg.fsname.clone().unwrap_or_else(|| "strata".into());
     let config = fuse_config(&union);
@@ -189,6 +201,7 @@ fn serve(union: Union, notify: Option<OwnedFd>) -> Result<(), String> {
         tracing::info!("control socket {}", s.display());
     }
     report_live(notify);
+    drop(hold);
     let u = union.clone();
     let mut unmounter = session.unmount_callable();
     let mp = mountpoint.clone();

@@ -88,3 +88,22 @@ pub fn signalfd(set: &libc::sigset_t) -> std::io::Result<std::os::fd::OwnedFd> {
     // SAFETY: `fd` was just returned by signalfd and is owned by nobody else.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
+
+/// Takes ownership of fd `n`, inherited from the process that started this one, if it
+/// is open; it is then closed on exec.
+pub fn inherited_fd(n: RawFd) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // Our own standard streams are never handed over.
+    if n <= 2 {
+        return None;
+    }
+    // SAFETY: fcntl(F_GETFD) only asks whether `n` is open; it touches nothing.
+    if unsafe { libc::fcntl(n, libc::F_GETFD) } < 0 {
+        return None;
+    }
+    // SAFETY: `n` is open and nothing else in this process owns it: it was inherited,
+    // and this is called once, at start-up, before anything opens files.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(n) };
+    let _ = rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC);
+    Some(fd)
+}

@@ -848,6 +848,59 @@ fn mount_image_from_an_archive_and_reuse_the_store() {
     assert!(!layer_dir.exists());
 }
 
+/// `mount --image -f` holds the store's shared lock until its mount is live (gc
+/// cannot take the layers in between) and lets go of it then: gc runs at once, and
+/// keeps the layers the live mount uses.
+#[test]
+fn mount_image_in_the_foreground_lets_gc_run_once_live() {
+    let f = Fixture::new(0);
+    let base = f.dir("base");
+    write(&base.join("hello"), "from the image\n");
+    let layer = ok(strata(&["export", "--upper", s(&base)]), "export").stdout;
+    let archive = f.root().join("img.tar");
+    docker_archive(&archive, "localhost/fg:1", &[layer]);
+    let (store, mnt) = (f.dir("store"), f.dir("fgmnt"));
+    let _g = Unmount(mnt.clone());
+    let mut child = Command::new(STRATA)
+        .args(["mount", "--image", s(&archive), s(&mnt), "--store", s(&store), "-f"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !is_fuse_mount(&mnt) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "mount --image -f exited before its mount was live"
+        );
+        assert!(std::time::Instant::now() < deadline, "no mount after 20 s");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(read_string(&mnt.join("hello")), "from the image\n");
+    // The daemon let go of the lock once live: an exclusive lock is free now.
+    let lock = fs::File::open(store.join("lock")).unwrap();
+    let free = (0..100).any(|_| {
+        let got = rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok();
+        if !got {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        got
+    });
+    assert!(free, "the daemon of a live mount still holds the store's lock");
+    drop(lock);
+    let gc = ok(strata(&["store", "gc", "--store", s(&store)]), "gc").stdout;
+    assert!(
+        gc.is_empty(),
+        "gc removed a layer of a live mount: {}",
+        String::from_utf8_lossy(&gc)
+    );
+    assert_eq!(read_string(&mnt.join("hello")), "from the image\n");
+    force_unmount(&mnt);
+    let st = child.wait().unwrap();
+    assert!(st.success(), "mount --image -f exited with {st}");
+}
+
 /// `podman save` of a busybox image imported offline; skipped without podman.
 #[test]
 fn mount_image_from_podman_save() {

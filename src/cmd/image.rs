@@ -444,7 +444,10 @@ pub fn run(a: &Args) -> Result<i32, String> {
     if a.foreground {
         cmd.arg("-f");
         cmd.arg(&a.mountpoint);
-        drop(lock);
+        // The daemon holds the store's lock until its mount is live (see mount.rs):
+        // gc must not take the layers in between.
+        rustix::io::fcntl_setfd(&lock, rustix::io::FdFlags::empty()).map_err(|e| format!("the store's lock: {e}"))?;
+        cmd.env("STRATA_HOLD_FD", std::os::fd::AsRawFd::as_raw_fd(&lock).to_string());
         use std::os::unix::process::CommandExt;
         return Err(format!("running strata: {}", cmd.exec()));
     }
