@@ -307,34 +307,25 @@ pub fn all(p: &Params, fio: bool) -> Vec<Workload> {
             one(t, Some(n))
         }),
     });
-    w.push(Workload {
-        group: "metadata",
-        rows: vec![format!("ls -lR {files} files, {} layers (cold)", p.meta_layers)],
-        runs: 5,
-        tool: Some("ls"),
-        mode: Mode::Fresh { cold: true },
-        opts: "",
-        fx: Fx::Meta,
-        prepare: None,
-        op: Box::new(|env| {
-            let (t, (lines, _)) = timed(|| util::run_counting(&mut ls(&["-lR"], &env.mnt.join("tree"))))?;
-            one(t, Some(lines))
-        }),
-    });
-    w.push(Workload {
-        group: "metadata",
-        rows: vec![format!("ls -lR {files} files, {} layers (warm)", p.meta_layers)],
-        runs: 5,
-        tool: None,
-        mode: Mode::Warm { rewarm: false },
-        opts: "",
-        fx: Fx::Meta,
-        prepare: None,
-        op: Box::new(|env| {
-            let (t, (lines, _)) = timed(|| util::run_counting(&mut ls(&["-lR"], &env.mnt.join("tree"))))?;
-            one(t, Some(lines))
-        }),
-    });
+    for (when, mode) in [
+        ("cold", Mode::Fresh { cold: true }),
+        ("warm", Mode::Warm { rewarm: false }),
+    ] {
+        w.push(Workload {
+            group: "metadata",
+            rows: vec![format!("ls -lR {files} files, {} layers ({when})", p.meta_layers)],
+            runs: 5,
+            tool: Some("ls"),
+            mode,
+            opts: "",
+            fx: Fx::Meta,
+            prepare: None,
+            op: Box::new(|env| {
+                let (t, (lines, _)) = timed(|| util::run_counting(&mut ls(&["-lR"], &env.mnt.join("tree"))))?;
+                one(t, Some(lines))
+            }),
+        });
+    }
     let entries = fmt_count(p.bigdir_entries);
     w.push(Workload {
         group: "metadata",
