@@ -353,6 +353,9 @@ impl Mount {
                 }
                 cmd = Command::new(sys.bin.as_ref().expect("FUSE systems have a binary"));
                 cmd.args(["-o", &opts]).arg(&m.point);
+                // strata's control socket beside the mount, not in /run/strata: the
+                // bench leaves nothing behind outside its own directory.
+                cmd.env("STRATA_RUNTIME_DIR", m.scratch.join("run"));
             }
         }
         let logf = OpenOptions::new()
