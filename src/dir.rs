@@ -2,7 +2,7 @@
 //! New entries always land in the upper; removing a name that a lower layer still has
 //! leaves an AUFS whiteout (`.wh.NAME`) in the upper; a directory made over a whiteout
 //! is opaque. Whiteouts are written before the upper entry goes away, so an interrupted
-//! operation shows the old view, never a half-done one.
+//! operation shows the old view, never a half-done one. fsyncdir makes them durable.
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -116,6 +116,25 @@ fn convert_overlay_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool> {
 }
 
 impl Union {
+    /// fsyncdir(2): the directory's entries as the upper holds them (names created,
+    /// renamed or whited out through the mount) are on disk, as an application that
+    /// renames a file into place and syncs the directory expects. A directory the
+    /// upper does not have was changed by nothing through the mount: nothing to sync.
+    pub fn fsyncdir(&self, ino: u64, datasync: bool) -> Result<()> {
+        let Some(upper) = self.upper() else {
+            return Ok(());
+        };
+        if self.cfg.volatile {
+            return Ok(());
+        }
+        let path = self.node(ino)?.path()?;
+        match upper.dir(&path)? {
+            Some(d) if datasync => rfs::fdatasync(d.as_fd()),
+            Some(d) => rfs::fsync(d.as_fd()),
+            None => Ok(()),
+        }
+    }
+
     /// Whether a layer below the upper still shows `name` in the directory `parent`.
     fn lower_has(&self, parent: &State, ppath: &Path, name: &OsStr) -> Result<bool> {
         let lowers: Vec<usize> = parent

@@ -344,6 +344,12 @@ pub fn readdirplus(u: &Union, ino: u64, fh: u64, offset: u64, sink: &mut dyn Dir
     Answer::Empty
 }
 
+pub fn fsyncdir(u: &Union, ino: u64, datasync: bool) -> Answer {
+    let _in = u.enter();
+    check!(u.fsyncdir(ino, datasync), "fsyncdir");
+    Answer::Empty
+}
+
 pub fn releasedir(u: &Union, fh: u64) -> Answer {
     u.dirs.remove(fh);
     Answer::Empty

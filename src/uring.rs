@@ -231,7 +231,9 @@ fn workers() -> &'static Mutex<Sender<Job>> {
 fn hand_off(u: &Union, h: &abi::InHeader) -> bool {
     match h.opcode {
         abi::OPEN | abi::SETATTR | abi::SETXATTR | abi::REMOVEXATTR => d::may_copy_up(u, h.nodeid),
-        abi::LINK | abi::RENAME | abi::RENAME2 | abi::FSYNC | abi::FALLOCATE | abi::COPY_FILE_RANGE => true,
+        abi::LINK | abi::RENAME | abi::RENAME2 | abi::FSYNC | abi::FSYNCDIR | abi::FALLOCATE | abi::COPY_FILE_RANGE => {
+            true
+        }
         _ => false,
     }
 }
@@ -598,7 +600,11 @@ fn request(
         abi::FLUSH => d::flush(),
         abi::OPENDIR => d::opendir(u, ino),
         abi::RELEASEDIR => d::releasedir(u, o.u64()),
-        abi::FSYNCDIR => Answer::Empty,
+        abi::FSYNCDIR => {
+            let _fh = o.u64();
+            let flags = o.u32();
+            d::fsyncdir(u, ino, flags & abi::FSYNC_FDATASYNC != 0)
+        }
         abi::ACCESS => d::access(u, ino, o.u32() as i32),
         abi::CREATE => {
             let flags = o.u32();
