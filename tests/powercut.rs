@@ -499,7 +499,7 @@ fn power_cut_after_rename_and_directory_fsync_keeps_the_renames() {
         let disk = Ext4::mount(&image, &tmp.join("fs2")).unwrap();
         let m = strata("", &lower, &disk.dir, &tmp.join("mnt"));
         let lost: Vec<usize> = (0..N)
-            .filter(|k| fs::read_to_string(m.p(&format!("d/r{k}"))).unwrap() != format!("new {k}\n"))
+            .filter(|k| fs::read_to_string(m.p(format!("d/r{k}"))).unwrap() != format!("new {k}\n"))
             .collect();
         stop(m);
         drop(disk);
