@@ -150,8 +150,9 @@ fn mount_t_strata_fstab_and_fuse_strata() {
         strata_bin().display()
     );
     // The links are machine-wide: another run of this test at the same time (two
-    // checkouts tested at once) waits for this one.
-    let lock = fs::File::create(std::env::temp_dir().join("strata-mount-helper-test.lock")).unwrap();
+    // checkouts tested at once) waits for this one. The lock is taken on /sbin
+    // itself, where the links go, so no lock file is left behind.
+    let lock = fs::File::open("/sbin").unwrap();
     lock.lock().unwrap();
     let _helper = Installed::new("/sbin/mount.strata", Path::new(HELPER));
 
