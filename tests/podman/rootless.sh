@@ -21,7 +21,7 @@
 #     running again is safe;
 #   - gives /dev/fuse mode 0666 for the run and puts its old mode back;
 #   - stops every process of $RL_USER it started (podman's pause process, conmon, mount
-#     daemons), by pid.
+#     daemons), by pid, and removes podman's /dev/shm lock file of a user it deleted.
 # podman runs as $RL_USER (runuser, XDG_RUNTIME_DIR and HOME in the temp dir), with runc,
 # cgroupfs, no network, its own storage.conf naming the mount program; the image is a busybox
 # rootfs imported with `podman import` (no registry). Prints PASS/FAIL per check, then
@@ -115,6 +115,8 @@ cleanup() {
     done
     if [ "$ADDED_USER" = 1 ]; then
         userdel "$RL_USER" 2>/dev/null || say "rootless.sh: could not delete user $RL_USER" >&2
+        # podman's shared-memory lock file of the user goes with it.
+        [ -n "$RL_UID" ] && rm -f "/dev/shm/libpod_rootless_lock_$RL_UID"
     fi
     if [ -n "$T" ] && [ -d "$T" ]; then
         if [ -n "$(awk -v t="$T/" 'index($5, t) == 1' /proc/self/mountinfo)" ]; then
