@@ -372,6 +372,16 @@ fn power_cut_after_copy_ups_loses_nothing_by_default() {
     }
 }
 
+/// A scratch directory for a power-cut test, or None (and why, on stderr) when this
+/// machine cannot cut (the main test counts the skip in the suite's summary).
+fn scratch() -> Option<tempfile::TempDir> {
+    if let Some(why) = unavailable() {
+        eprintln!("SKIP: power-cut test: {why}");
+        return None;
+    }
+    Some(tempfile::Builder::new().prefix("strata-powercut.").tempdir().unwrap())
+}
+
 /// Writes `FILES` (round 0's content) under `dir`.
 fn write_tree(dir: &Path) {
     for (name, len) in FILES {
@@ -401,11 +411,7 @@ fn strata_cmd(args: &[&str]) {
 
 #[test]
 fn power_cut_after_apply_and_export_finds_the_layer_and_the_tar_whole() {
-    if let Some(why) = unavailable() {
-        eprintln!("SKIP: power-cut test: {why}");
-        return;
-    }
-    let tmp = tempfile::Builder::new().prefix("strata-powercut.").tempdir().unwrap();
+    let Some(tmp) = scratch() else { return };
     let tmp = tmp.path();
     let src = tmp.join("src");
     write_tree(&src);
@@ -459,11 +465,7 @@ fn power_cut_after_apply_and_export_finds_the_layer_and_the_tar_whole() {
 /// usually takes the renames back.
 #[test]
 fn power_cut_after_rename_and_directory_fsync_keeps_the_renames() {
-    if let Some(why) = unavailable() {
-        eprintln!("SKIP: power-cut test: {why}");
-        return;
-    }
-    let tmp = tempfile::Builder::new().prefix("strata-powercut.").tempdir().unwrap();
+    let Some(tmp) = scratch() else { return };
     let tmp = tmp.path();
     const N: usize = 5;
     let lower = tmp.join("lower");
