@@ -155,6 +155,10 @@ fn mount_t_strata_fstab_and_fuse_strata() {
     let lock = fs::File::open("/sbin").unwrap();
     lock.lock().unwrap();
     let _helper = Installed::new("/sbin/mount.strata", Path::new(HELPER));
+    // The daemons' control sockets in a directory of this test, not /run/strata (the
+    // variable reaches them through mount(8) and mount.strata).
+    let run = tempfile::tempdir().unwrap();
+    std::env::set_var("STRATA_RUNTIME_DIR", run.path());
 
     // mount -t strata
     let f = Fixture::new();
