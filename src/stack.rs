@@ -241,12 +241,11 @@ impl Union {
     /// (up to RELEASE_WAIT) for such handles to go; not when a process (`users`, from
     /// /proc) holds one of them open, which is a use that the check refuses at once.
     fn wait_for_releases(&self, dir: &Path, users: &[User]) {
+        let Ok(k) = find_layer(&self.stack(), self.first_lower(), dir) else {
+            return;
+        };
         let deadline = Instant::now() + RELEASE_WAIT;
         loop {
-            let s = self.stack().clone();
-            let Ok(k) = find_layer(&s, self.first_lower(), dir) else {
-                return;
-            };
             let handles: Vec<_> = self
                 .files
                 .all()
@@ -474,7 +473,6 @@ impl Union {
     }
 }
 
-/// The position of lower layer `dir` in `s` (compared as a directory, then by path).
 /// Whether a node in state `s` needs layer `k`: a directory found only in it, or
 /// anything else whose top layer it is.
 fn uses_layer(s: &State, k: usize) -> bool {
@@ -484,6 +482,7 @@ fn uses_layer(s: &State, k: usize) -> bool {
     }
 }
 
+/// The position of lower layer `dir` in `s` (compared as a directory, then by path).
 fn find_layer(s: &Stack, first: usize, dir: &Path) -> Result<usize, Refused> {
     let probe = Layer::open(false, dir).ok();
     let canon = std::fs::canonicalize(dir).ok();
