@@ -100,12 +100,14 @@ pub fn run(a: &Args) -> Result<Stats, String> {
     }
     // To FILE through a temporary name beside it, synced before it is renamed into
     // place: a failed export, a crash or a power cut leaves no FILE or a whole one.
-    let tmp = a.output.as_deref().map(crate::durable::temp_beside);
-    let mut file = None;
-    let out: Box<dyn Write> = match &tmp {
+    // (temporary name, the file to sync) for `-o FILE`.
+    let mut tmp: Option<(PathBuf, File)> = None;
+    let out: Box<dyn Write> = match &a.output {
         Some(p) => {
-            let f = File::create(p).map_err(|e| format!("{}: {e}", p.display()))?;
-            file = Some(f.try_clone().map_err(|e| format!("{}: {e}", p.display()))?);
+            let t = crate::durable::temp_beside(p);
+            let f = File::create(&t).map_err(|e| format!("{}: {e}", t.display()))?;
+            let sync = f.try_clone().map_err(|e| format!("{}: {e}", t.display()))?;
+            tmp = Some((t, sync));
             Box::new(f)
         }
         None => Box::new(io::stdout().lock()),
@@ -128,17 +130,20 @@ pub fn run(a: &Args) -> Result<Stats, String> {
         tarfmt::finish(&mut x.out).map_err(|e| format!("writing the tar: {e}"))?;
         x.out.flush().map_err(|e| format!("writing the tar: {e}"))
     })();
-    if let (Some(t), Some(p), Some(f)) = (&tmp, &a.output, &file) {
-        let r = r.clone().and_then(|()| {
-            f.sync_all()
-                .and_then(|()| crate::durable::rename_synced(t, p))
-                .map_err(|e| format!("{}: {e}", p.display()))
-        });
-        if r.is_err() {
-            let _ = fs::remove_file(t);
+    let r = match (&tmp, &a.output) {
+        (Some((t, f)), Some(p)) => {
+            let r = r.and_then(|()| {
+                f.sync_all()
+                    .and_then(|()| crate::durable::rename_synced(t, p))
+                    .map_err(|e| format!("{}: {e}", p.display()))
+            });
+            if r.is_err() {
+                let _ = fs::remove_file(t);
+            }
+            r
         }
-        r?;
-    }
+        _ => r,
+    };
     r.map(|()| x.stats)
 }
 
@@ -407,15 +412,16 @@ impl<W: Write> Exporter<W> {
                 // The data is another file's, whose blocks tell.
                 Some((k, v)) => (self.metacopy_source(p, rel, k, v, md.len())?, false),
             };
-            let (map, moved) = match whole {
-                true => (vec![(0, m.size)], false),
-                false => (data_map(&mut f, m.size).map_err(|e| self.err(p, e))?, true),
+            // One extent from 0 when whole: the file is read as opened, with no seek.
+            let map = match whole {
+                true => vec![(0, m.size)],
+                false => data_map(&mut f, m.size).map_err(|e| self.err(p, e))?,
             };
             let sparse = map.iter().map(|(_, l)| l).sum::<u64>() < m.size;
             tarfmt::write_header(&mut self.out, &m, sparse.then_some(&map[..])).map_err(w)?;
             let mut written = 0;
             for (off, len) in &map {
-                if moved || *off != 0 {
+                if !whole {
                     f.seek(SeekFrom::Start(*off)).map_err(|e| self.err(p, e))?;
                 }
                 let mut left = *len;
