@@ -9,9 +9,11 @@
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::report::Cell;
 use crate::util::{self, fmt_bytes, fmt_count, fmt_duration, Ctx, Res, Rng};
+use crate::workloads;
 
 /// One operation on one tree: the median time of strata's tool and of tar.
 pub struct Row {
@@ -35,15 +37,9 @@ fn count(dir: &Path) -> (u64, u64) {
     (files, bytes)
 }
 
+/// The time `cmd` takes to run to its end (it must succeed).
 fn timed(cmd: &mut Command) -> Res<Duration> {
-    let t = Instant::now();
-    util::run(cmd)?;
-    Ok(t.elapsed())
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
+    workloads::timed(|| util::run(cmd)).map(|(t, ())| t)
 }
 
 /// The large-file tree: 8 files of 32 MiB times `scale` (at least 1 MiB), random.
@@ -80,15 +76,21 @@ pub fn measure(strata: &Path, small_tar: &Path, work: &Path, runs: usize, scale:
         let label = format!("{name} ({} files, {})", fmt_count(files), fmt_bytes(bytes));
         let s_tar = work.join("strata.tar");
         let t_tar = work.join("tar.tar");
-        let (mut exp, mut app, mut app_sync) = ([vec![], vec![]], [vec![], vec![]], [vec![], vec![]]);
+        // [operation][tool]: export, apply --no-sync, apply; strata, tar.
+        let mut cells: [[Cell; 2]; 3] = Default::default();
         // One untimed round first: both tools then read from a warm page cache.
         for r in 0..=runs {
             util::check_interrupted()?;
             // Alternating which tool goes first, against drift on a noisy machine.
             let order: [usize; 2] = if r % 2 == 0 { [0, 1] } else { [1, 0] };
-            let mut t = [Duration::ZERO; 2];
+            // The first round is not kept.
+            let mut keep = |op: usize, k: usize, t: Duration| {
+                if r > 0 {
+                    cells[op][k].record(t, None);
+                }
+            };
             for &k in &order {
-                t[k] = if k == 0 {
+                let t = if k == 0 {
                     let out = File::create(&s_tar).ctx(|| format!("creating {}", s_tar.display()))?;
                     timed(
                         Command::new(strata)
@@ -107,15 +109,14 @@ pub fn measure(strata: &Path, small_tar: &Path, work: &Path, runs: usize, scale:
                             .arg("."),
                     )?
                 };
+                keep(0, k, t);
             }
-            let mut a = [Duration::ZERO; 2];
-            let mut a_sync = [Duration::ZERO; 2];
             for &k in &order {
-                for (synced, slot) in [(false, &mut a), (true, &mut a_sync)] {
+                for (op, synced) in [(1, false), (2, true)] {
                     let dest = work.join(format!("dest-{k}"));
                     util::remove_tree(&dest)?;
                     util::sync_all();
-                    slot[k] = if k == 0 {
+                    let t = if k == 0 {
                         let mut c = Command::new(strata);
                         c.arg("apply");
                         if !synced {
@@ -136,27 +137,21 @@ pub fn measure(strata: &Path, small_tar: &Path, work: &Path, runs: usize, scale:
                         );
                         timed(Command::new("sh").arg("-c").arg(tar))?
                     };
-                }
-            }
-            if r > 0 {
-                for k in 0..2 {
-                    exp[k].push(t[k]);
-                    app[k].push(a[k]);
-                    app_sync[k].push(a_sync[k]);
+                    keep(op, k, t);
                 }
             }
         }
-        for (op, m) in [
-            ("export (to a file) | tar -c", exp),
-            ("apply --no-sync | tar -x", app),
-            ("apply (synced) | tar -x; sync -f", app_sync),
-        ] {
-            let [s, t] = m;
+        let ops = [
+            "export (to a file) | tar -c",
+            "apply --no-sync | tar -x",
+            "apply (synced) | tar -x; sync -f",
+        ];
+        for (op, [s, t]) in ops.into_iter().zip(cells) {
             rows.push(Row {
                 tree: label.clone(),
                 op,
-                strata: median(s),
-                tar: median(t),
+                strata: s.median().unwrap_or_default(),
+                tar: t.median().unwrap_or_default(),
                 bytes,
                 files,
             });

@@ -17,7 +17,7 @@ pub struct Measure {
     pub check: Option<u64>,
 }
 
-fn timed<T>(f: impl FnOnce() -> Res<T>) -> Res<(Duration, T)> {
+pub fn timed<T>(f: impl FnOnce() -> Res<T>) -> Res<(Duration, T)> {
     let t = Instant::now();
     let v = f()?;
     Ok((t.elapsed(), v))
